@@ -1,0 +1,149 @@
+"""Settings for butter_admin, all from the environment (django-environ).
+
+An optional `.env` at the project root is read by absolute path, so a cron job
+(nearly empty environment, working directory $HOME) sees the same
+configuration as an interactive shell. Real environment variables win over it.
+Every variable is listed, with its default, in README.md ("Configuration").
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# ENV_FILE points elsewhere (tests, several deployments on one host).
+environ.Env.read_env(env.str("ENV_FILE", default=str(BASE_DIR / ".env")), parse_comments=True)
+
+DEBUG = env.bool("DEBUG", default=False)
+
+if DEBUG:
+    SECRET_KEY = env.str("SECRET_KEY", default="django-insecure-local-development-only")
+else:
+    SECRET_KEY = env.str("SECRET_KEY", default="")
+    if not SECRET_KEY:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set: set it in the environment or .env (required when DEBUG is false)"
+        )
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_crontab",
+    "generation",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "butter_admin.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "butter_admin.wsgi.application"
+
+
+def _database_from_env():
+    database = env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        # A relative sqlite path would resolve against the working directory,
+        # which is $HOME under cron: anchor it to the project root instead.
+        name = Path(database["NAME"])
+        if str(name) != ":memory:" and not name.is_absolute():
+            database["NAME"] = str(BASE_DIR / name)
+    elif database["ENGINE"] == "django.db.backends.postgresql":
+        # Fail fast with a clear error instead of hanging when the server is
+        # unreachable; name the connection so DBAs can spot it in pg_stat_activity.
+        database.setdefault("OPTIONS", {})
+        database["OPTIONS"].setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
+        database["OPTIONS"].setdefault("application_name", "butter_admin")
+    return database
+
+
+DATABASES = {"default": _database_from_env()}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles")
+
+# Production hardening; each can be relaxed from the environment (e.g. behind
+# a TLS-terminating proxy that already redirects).
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 3600)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_TLS_PROXY", default=False) else None
+
+# --- The cleanup job ------------------------------------------------------
+# Durations are kept as the strings the operator wrote; generation.conf parses
+# them (90m, 3h, 1h30m, 45s, plain seconds) and the system checks refuse bad
+# values with one line naming the variable.
+GENERATION_STUCK_AFTER = env.str("GENERATION_STUCK_AFTER", default="3h")
+GENERATION_LOCK_TTL = env.str("GENERATION_LOCK_TTL", default="3h")
+GENERATION_FAIL_STALLED_AFTER = env.str("GENERATION_FAIL_STALLED_AFTER", default="")  # empty = never
+CLEANUP_BATCH_SIZE = env.str("CLEANUP_BATCH_SIZE", default="500")
+CLEANUP_LOCK_TIMEOUT = env.str("CLEANUP_LOCK_TIMEOUT", default="5s")
+CLEANUP_STATEMENT_TIMEOUT = env.str("CLEANUP_STATEMENT_TIMEOUT", default="60s")
+CLEANUP_SCHEDULE = env.str("CLEANUP_SCHEDULE", default="*/30 * * * *")
+CLEANUP_LOG_FILE = env.str("CLEANUP_LOG_FILE", default=str(BASE_DIR / "logs" / "cleanup.log"))
+
+# --- Logging --------------------------------------------------------------
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+LOG_FORMAT = env.str("LOG_FORMAT", default="text").lower()
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "event": {"()": "generation.logging.EventFormatter", "style": LOG_FORMAT},
+    },
+    "handlers": {
+        "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "event"},
+    },
+    "loggers": {
+        "generation": {"handlers": ["stdout"], "level": LOG_LEVEL, "propagate": False},
+    },
+}

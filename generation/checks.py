@@ -1,0 +1,123 @@
+"""System checks: settings sane, mirrored tables present and of the right shape.
+
+The schema check is tagged `database`, so it runs in `check --database` and
+also inside `migrate`, before migrating. It must never block the migration
+that creates the tables: while generation.0001 is not recorded as applied it
+only warns; once it is (applied or faked), a missing table or column, or a
+column of another kind, is an error.
+"""
+
+import os
+
+from django.apps import apps
+from django.core import checks
+from django.db import DatabaseError, connections
+from django.db.migrations.recorder import MigrationRecorder
+
+from .conf import job_settings, settings_errors
+
+
+class Messages:
+    SETTINGS_ID = "generation.E002"
+    SCHEMA_ID = "generation.E001"
+    SCHEMA = "The mirrored tables do not match the models on database {alias!r}: {problems}."
+    SCHEMA_HINT = (
+        "generation.0001 is recorded as applied, so these tables should exist as the backend created them; "
+        "see README.md, 'Attaching to an existing database'."
+    )
+    NOT_MIGRATED_ID = "generation.W001"
+    NOT_MIGRATED = "The mirrored tables are not migrated on database {alias!r}."
+    NOT_MIGRATED_HINT = (
+        "Run `python manage.py migrate`, or `python manage.py migrate --fake-initial` "
+        "to adopt tables the Go backend already created."
+    )
+    LOG_DIR_ID = "generation.W002"
+    LOG_DIR = "CLEANUP_LOG_FILE={path!r}: its folder is not writable, so the cron job's output would be lost."
+    LOG_DIR_HINT = "Create the folder or point CLEANUP_LOG_FILE at a writable path."
+
+
+# Which introspected Django field types count as the same kind of column.
+# Integers of any width are accepted (the backend's ORM chose bigint).
+_KINDS = {
+    "integer": {
+        "AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
+        "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField", "PositiveSmallIntegerField",
+    },
+    "text": {"CharField", "TextField"},
+    "datetime": {"DateTimeField"},
+}
+
+
+def _kind(field_type):
+    return next((kind for kind, types in _KINDS.items() if field_type in types), field_type)
+
+
+@checks.register()
+def check_settings(app_configs=None, **kwargs):
+    return [checks.Error(message, id=Messages.SETTINGS_ID) for message in settings_errors()]
+
+
+@checks.register()
+def check_log_file(app_configs=None, **kwargs):
+    if settings_errors():
+        return []
+    folder = job_settings().log_file.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the folder is created on first write
+    if os.access(existing, os.W_OK):
+        return []
+    return [checks.Warning(
+        Messages.LOG_DIR.format(path=str(job_settings().log_file)), hint=Messages.LOG_DIR_HINT, id=Messages.LOG_DIR_ID,
+    )]
+
+
+def _mirrored_models():
+    config = apps.get_app_config("generation")
+    return [config.get_model("GenerationStatus"), config.get_model("GenerationLock")]
+
+
+def schema_problems(connection):
+    """Missing tables, missing columns and columns of another kind, as short strings."""
+    problems = []
+    with connection.cursor() as cursor:
+        tables = set(connection.introspection.table_names(cursor))
+        for model in _mirrored_models():
+            table = model._meta.db_table
+            if table not in tables:
+                problems.append(f"table {table} is missing")
+                continue
+            columns = {
+                column.name: _kind(connection.introspection.get_field_type(column.type_code, column))
+                for column in connection.introspection.get_table_description(cursor, table)
+            }
+            for field in model._meta.concrete_fields:
+                expected = _kind(field.get_internal_type())
+                actual = columns.get(field.column)
+                if actual is None:
+                    problems.append(f"column {table}.{field.column} is missing")
+                elif actual != expected:
+                    problems.append(f"column {table}.{field.column} is {actual}, expected {expected}")
+    return problems
+
+
+@checks.register(checks.Tags.database)
+def check_mirrored_tables(app_configs=None, databases=None, **kwargs):
+    messages = []
+    for alias in databases or []:
+        connection = connections[alias]
+        try:
+            applied = MigrationRecorder(connection).applied_migrations()
+            problems = schema_problems(connection) if ("generation", "0001_initial") in applied else None
+        except DatabaseError:
+            continue  # an unreachable database is reported by whatever needed it, not here
+        if problems is None:
+            messages.append(checks.Warning(
+                Messages.NOT_MIGRATED.format(alias=alias), hint=Messages.NOT_MIGRATED_HINT, id=Messages.NOT_MIGRATED_ID,
+            ))
+        elif problems:
+            messages.append(checks.Error(
+                Messages.SCHEMA.format(alias=alias, problems="; ".join(problems)),
+                hint=Messages.SCHEMA_HINT, id=Messages.SCHEMA_ID,
+            ))
+    return messages

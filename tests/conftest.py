@@ -1,0 +1,20 @@
+import os
+
+import pytest
+from django.db import connection
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def pytest_report_header(config):
+    return f"database: {connection.vendor} ({connection.settings_dict['NAME']}); CI={IN_CI}"
+
+
+def pytest_runtest_setup(item):
+    # PostgreSQL-only tests are skipped with a reason on SQLite; in CI a skip
+    # would hide that the PostgreSQL half never ran, so it fails instead.
+    if item.get_closest_marker("postgres") and connection.vendor != "postgresql":
+        reason = "needs PostgreSQL (set DATABASE_URL=postgres://...)"
+        if IN_CI:
+            pytest.fail(f"{reason}; under CI=true this is a failure, not a skip")
+        pytest.skip(reason)

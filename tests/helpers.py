@@ -1,0 +1,52 @@
+"""Shared test helpers: running manage.py as a real process, scratch PostgreSQL databases."""
+
+import os
+import subprocess
+import sys
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def manage(*args, env=None, cwd=ROOT, timeout=120):
+    """Run `python manage.py ARGS` in a fresh process; returns CompletedProcess (text)."""
+    full_env = {**os.environ, "SECRET_KEY": "tests-only-not-a-secret", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def postgres_url(dbname):
+    s = connection.settings_dict
+    user = s.get("USER") or "postgres"
+    host = s.get("HOST") or "127.0.0.1"
+    port = s.get("PORT") or 5432
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{host}:{port}/{dbname}"
+
+
+def _admin_connection():
+    s = connection.settings_dict
+    return psycopg.connect(
+        host=s.get("HOST") or "127.0.0.1", port=s.get("PORT") or 5432, user=s.get("USER") or "postgres",
+        password=s.get("PASSWORD") or None, dbname="postgres", autocommit=True,
+    )
+
+
+@contextmanager
+def scratch_database():
+    """An empty PostgreSQL database for the duration of the block; yields its DATABASE_URL."""
+    name = f"butter_scratch_{uuid.uuid4().hex[:12]}"
+    with _admin_connection() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield postgres_url(name)
+    finally:
+        with _admin_connection() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,53 @@
+"""Settings as a real process sees them: environment, .env file, errors at start-up."""
+
+import pytest
+
+from .helpers import manage
+
+PRINT_JOB = "from generation.conf import job_settings; j = job_settings(); print(j.stuck_after, j.lock_ttl, j.batch_size)"
+
+
+def test_env_file_with_inline_comments(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "GENERATION_STUCK_AFTER=90m  # inline comment\n"
+        "GENERATION_LOCK_TTL=1h30m # another\n"
+        "CLEANUP_BATCH_SIZE=250\n"
+    )
+    result = manage("shell", "-c", PRINT_JOB, env={"ENV_FILE": str(env_file)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "1:30:00 1:30:00 250"
+
+
+def test_environment_wins_over_env_file(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("GENERATION_STUCK_AFTER=90m\n")
+    result = manage("shell", "-c", PRINT_JOB, env={"ENV_FILE": str(env_file), "GENERATION_STUCK_AFTER": "2h"})
+    assert result.stdout.strip().splitlines()[-1].startswith("2:00:00 ")
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5m"])
+def test_bad_duration_fails_check_with_one_clear_line(value):
+    result = manage("check", env={"GENERATION_STUCK_AFTER": value})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "GENERATION_STUCK_AFTER" in line]
+    assert len(lines) == 1
+    assert lines[0].startswith(f"?: (generation.E002) GENERATION_STUCK_AFTER={value!r} ")
+
+
+def test_missing_secret_key_without_debug_is_one_line():
+    result = manage("check", env={"SECRET_KEY": "", "DEBUG": "false"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "Configuration error: SECRET_KEY is not set: set it in the environment or .env (required when DEBUG is false)"
+    )
+
+
+def test_relative_sqlite_url_is_anchored_to_the_project_root(tmp_path):
+    result = manage(
+        "shell", "-c", "from django.conf import settings; print(settings.DATABASES['default']['NAME'])",
+        env={"DATABASE_URL": "sqlite:///relative.sqlite3"}, cwd=tmp_path,
+    )
+    from .helpers import ROOT
+    assert result.stdout.strip().splitlines()[-1] == str(ROOT / "relative.sqlite3")
