@@ -5,8 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 MANAGE := $(BIN)/python manage.py
-# The demo is local development: DEBUG on (never in production).
-DEMO_ENV := DEBUG=true
+# The demo is local development: DEBUG on (never in production); the event log quiet (the report says it all).
+DEMO_ENV := DEBUG=true LOG_LEVEL=$${LOG_LEVEL:-WARNING}
 # The tests need a SECRET_KEY; this one is for tests only.
 TEST_ENV := SECRET_KEY=$${SECRET_KEY:-tests-only-not-a-secret}
 DEMO_COUNT ?= 200

@@ -74,7 +74,8 @@ WSGI_APPLICATION = "butter_admin.wsgi.application"
 
 
 def _database_from_env():
-    database = env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+    default = f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+    database = env.db_url_config(env.str("DATABASE_URL", default="") or default)
     if database["ENGINE"] == "django.db.backends.sqlite3":
         # A relative sqlite path would resolve against the working directory,
         # which is $HOME under cron: anchor it to the project root instead.

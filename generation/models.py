@@ -14,7 +14,9 @@ mapping:
   clock), never by `auto_now`, which `queryset.update()` would skip anyway.
 """
 
+from django.conf import settings
 from django.db import models
+from django.db.models.functions import Now
 
 
 class ContentType(models.TextChoices):
@@ -89,3 +91,107 @@ class GenerationLock(models.Model):
 
     def __str__(self):
         return f"lock {self.lock_id} account {self.account_id} {self.content_type}"
+
+
+# --- This project's own tables: what the job did, and when ----------------------------------
+
+
+class Trigger(models.TextChoices):
+    COMMAND = "command", "command"
+    CRON = "cron", "cron"
+    ADMIN = "admin", "admin"
+
+
+class Outcome(models.TextChoices):
+    OK = "ok", "ok"
+    ERRORS = "errors", "errors"
+    SKIPPED = "skipped", "skipped"
+
+
+class CleanupRun(models.Model):
+    """One run of the cleanup (command, cron or an admin action). Outcome is empty while it runs
+    and stays empty if the process died before finishing."""
+
+    started_at = models.DateTimeField(db_default=Now())
+    finished_at = models.DateTimeField(null=True, blank=True)
+    trigger = models.CharField(max_length=20, choices=Trigger.choices)
+    dry_run = models.BooleanField(default=False)
+    # parameters used
+    stuck_after = models.DurationField(null=True, blank=True)
+    lock_ttl = models.DurationField(null=True, blank=True)
+    fail_stalled_after = models.DurationField(null=True, blank=True)
+    batch_size = models.PositiveIntegerField(null=True, blank=True)
+    filters = models.JSONField(default=dict, blank=True)
+    host = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # counts
+    examined = models.PositiveIntegerField(default=0)
+    repaired_all_accounted = models.PositiveIntegerField(default=0)
+    repaired_no_active_tasks = models.PositiveIntegerField(default=0)
+    repaired_counter_overflow = models.PositiveIntegerField(default=0)
+    repaired_stalled_failed = models.PositiveIntegerField(default=0)
+    stalled = models.PositiveIntegerField(default=0)
+    corrupt = models.PositiveIntegerField(default=0)
+    skipped_busy = models.PositiveIntegerField(default=0)
+    locks_expired = models.PositiveIntegerField(default=0)
+    locks_removed = models.PositiveIntegerField(default=0)
+    locks_released = models.PositiveIntegerField(default=0)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["trigger", "outcome", "-started_at"], name="cleanup_run_outcome_idx")]
+
+    def __str__(self):
+        return f"run #{self.id} {self.trigger} {self.outcome or 'unfinished'}"
+
+    @property
+    def repaired(self):
+        return (
+            self.repaired_all_accounted + self.repaired_no_active_tasks
+            + self.repaired_counter_overflow + self.repaired_stalled_failed
+        )
+
+
+class RecordKind(models.TextChoices):
+    STATUS = "status", "generation status"
+    LOCK = "lock", "generation lock"
+
+
+class RecordRule(models.TextChoices):
+    ALL_ACCOUNTED = "all_accounted", "all_accounted"
+    NO_ACTIVE_TASKS = "no_active_tasks", "no_active_tasks"
+    COUNTER_OVERFLOW = "counter_overflow", "counter_overflow"
+    STALLED_FAILED = "stalled_failed", "stalled_failed"
+    EXPIRED_LOCK = "expired_lock", "expired_lock"
+    RELEASED_WITH_BATCH = "released_with_batch", "released_with_batch"
+    RELEASED_BY_HAND = "released_by_hand", "released_by_hand"
+    UNDO = "undo", "undo"
+
+
+class RepairRecord(models.Model):
+    """One change to one mirrored row, with the values before and after. Written once, never updated."""
+
+    run = models.ForeignKey(CleanupRun, on_delete=models.PROTECT, related_name="records")
+    kind = models.CharField(max_length=10, choices=RecordKind.choices)
+    target_id = models.BigIntegerField()
+    account_id = models.BigIntegerField()
+    content_type = models.CharField(max_length=50)
+    rule = models.CharField(max_length=30, choices=RecordRule.choices)
+    before = models.JSONField()
+    after = models.JSONField(null=True, blank=True)  # None: the row was deleted
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    undo_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="undone_by")
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["account_id", "-created_at"], name="repair_record_account_idx"),
+            models.Index(fields=["kind", "target_id"], name="repair_record_target_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.rule} on {self.kind} #{self.target_id}"

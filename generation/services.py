@@ -1,0 +1,783 @@
+"""Applies the repair rules through the ORM: select, lock, re-check, write, record.
+
+Every entry point (the command, cron, the admin actions) comes through here:
+
+- `cleanup()`: the scheduled job. Finds stuck batches and expired locks page by
+  page (keyset pagination), one transaction per page.
+- `repair_selected()`: the admin's per-row variant for hand-picked ids.
+- `release_locks()`: the admin's "release selected locks".
+
+Safety, per page of rows (PostgreSQL):
+- rows are locked with SELECT ... FOR UPDATE SKIP LOCKED, so a row a worker is
+  writing is skipped (counted as skipped_busy, retried next run), never waited on;
+- the stuck predicate is re-checked on the locked rows: a worker may have moved
+  or finished the batch since the page was selected;
+- only the columns a rule changes are written, under the row lock, so a
+  worker's increment waits for our commit and then applies on top of it;
+- the row changes, the released locks and the audit records commit together or
+  not at all; `lock_timeout`/`statement_timeout` bound every wait, and a page
+  that times out is rolled back, reported, and left for the next run;
+- one run at a time: a session-level advisory lock (pg_try_advisory_lock).
+
+On SQLite, SELECT ... FOR UPDATE and advisory locks do not exist: the database
+file is locked per write transaction instead, which serialises writers but does
+not protect a read-then-write against a concurrent writer. SQLite is for local
+use and demos; production runs on PostgreSQL.
+"""
+
+import logging
+import os
+import socket
+import time
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from django.db import DatabaseError, connection, transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from . import rules
+from .models import (
+    CleanupRun,
+    GenerationLock,
+    GenerationStatus,
+    Outcome,
+    RecordKind,
+    RecordRule,
+    RepairRecord,
+    Trigger,
+)
+from .rules import Counters, Rule
+
+logger = logging.getLogger(__name__)
+
+# pg_try_advisory_lock key for "a cleanup run is in progress" (b"butter_c" as an int64).
+ADVISORY_LOCK_KEY = int.from_bytes(b"butter_c", "big")
+DETAILS_CAP = 1_000  # per report: memory stays flat however large the backlog
+ERRORS_CAP = 100
+COUNTER_FIELDS = ("total_requested", "total_queued", "total_processing", "total_completed", "total_failed")
+STATUS_FIELDS = ("id", "account_id", "content_type", "status", "updated_at", "completed_at", "lock_id", *COUNTER_FIELDS)
+
+
+class CleanupAborted(Exception):
+    """The run could not go on (the database connection was lost). The message is one line."""
+
+
+class Mode(StrEnum):
+    SCHEDULED = "scheduled"  # stuck window from the parameters; fail stalled only past its own window
+    FORCE = "force"  # any queuing/processing row, whatever its age (admin, workers known dead)
+    FAIL_STALLED = "fail_stalled"  # only the stalled_failed change, whatever the age (admin)
+
+
+# --- The report ----------------------------------------------------------------------------
+
+
+def _iso(value):
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _seconds(value: timedelta | None):
+    return None if value is None else int(value.total_seconds())
+
+
+@dataclass
+class StatusDetail:
+    id: int
+    account_id: int
+    content_type: str
+    rule: str  # a Rule, or why the row was left alone (admin): not_stuck, not_stalled, busy, finished
+    before: dict
+    after: dict
+    idle_s: float | None
+    applied: bool
+
+    def as_dict(self):
+        return {
+            "id": self.id, "account_id": self.account_id, "content_type": self.content_type, "rule": self.rule,
+            "before": self.before, "after": self.after, "idle_s": self.idle_s, "applied": self.applied,
+        }
+
+
+@dataclass
+class LockDetail:
+    id: int
+    lock_id: str
+    account_id: int
+    content_type: str
+    locked_at: datetime
+    age_s: float
+    rule: str  # expired_lock, released_with_batch, released_by_hand
+    batch_id: int | None = None
+    batch_status: str | None = None
+    batch_idle_s: float | None = None
+    applied: bool = False
+
+    def as_dict(self):
+        return {**self.__dict__, "locked_at": _iso(self.locked_at)}
+
+
+@dataclass
+class StatusTotals:
+    examined: int = 0
+    by_rule: Counter = field(default_factory=Counter)
+    stalled: int = 0
+    corrupt: int = 0
+    skipped_busy: int = 0
+    moved_on: int = 0  # no longer stuck once locked: a worker got there first
+    left_alone: int = 0  # admin: selected but not eligible (not stuck, not stalled, finished)
+    locks_released: int = 0
+    failed_batches: int = 0
+    details: list = field(default_factory=list)
+    details_truncated: bool = False
+
+    @property
+    def repaired(self):
+        return sum(self.by_rule.values())
+
+
+@dataclass
+class LockTotals:
+    expired: int = 0
+    removed: int = 0
+    skipped_busy: int = 0
+    failed_batches: int = 0
+    details: list = field(default_factory=list)
+    details_truncated: bool = False
+
+
+@dataclass
+class CleanupReport:
+    trigger: str
+    dry_run: bool
+    now: datetime
+    stuck_after: timedelta | None = None
+    lock_ttl: timedelta | None = None
+    fail_stalled_after: timedelta | None = None
+    batch_size: int | None = None
+    run_id: int | None = None
+    outcome: str = Outcome.OK
+    skipped_reason: str = ""
+    errors: list = field(default_factory=list)
+    statuses: StatusTotals = field(default_factory=StatusTotals)
+    locks: LockTotals = field(default_factory=LockTotals)
+    duration_s: float = 0.0
+
+    @property
+    def cutoff(self):
+        return self.now - self.stuck_after if self.stuck_after else None
+
+    @property
+    def lock_cutoff(self):
+        return self.now - self.lock_ttl if self.lock_ttl else None
+
+    @property
+    def records_written(self):
+        return 0 if self.dry_run else self.statuses.repaired + self.statuses.locks_released + self.locks.removed
+
+    def error(self, message):
+        if len(self.errors) < ERRORS_CAP:
+            self.errors.append(message)
+        self.outcome = Outcome.ERRORS
+
+    def as_dict(self):
+        s, locks = self.statuses, self.locks
+        return {
+            "run_id": self.run_id,
+            "trigger": self.trigger,
+            "dry_run": self.dry_run,
+            "outcome": self.outcome,
+            "skipped_reason": self.skipped_reason,
+            "now": _iso(self.now),
+            "cutoff": _iso(self.cutoff),
+            "lock_cutoff": _iso(self.lock_cutoff),
+            "stuck_after_s": _seconds(self.stuck_after),
+            "lock_ttl_s": _seconds(self.lock_ttl),
+            "fail_stalled_after_s": _seconds(self.fail_stalled_after),
+            "batch_size": self.batch_size,
+            "statuses": {
+                "examined": s.examined,
+                "repaired": s.repaired,
+                "by_rule": {rule.value: s.by_rule[rule] for rule in rules.REPAIRS},
+                "stalled": s.stalled,
+                "corrupt": s.corrupt,
+                "skipped_busy": s.skipped_busy,
+                "moved_on": s.moved_on,
+                "left_alone": s.left_alone,
+                "locks_released": s.locks_released,
+                "failed_batches": s.failed_batches,
+                "details": [d.as_dict() for d in s.details],
+                "details_truncated": s.details_truncated,
+            },
+            "locks": {
+                "expired": locks.expired,
+                "removed": locks.removed,
+                "skipped_busy": locks.skipped_busy,
+                "failed_batches": locks.failed_batches,
+                "details": [d.as_dict() for d in locks.details],
+                "details_truncated": locks.details_truncated,
+            },
+            "errors": self.errors,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+def _keep(totals, detail):
+    if len(totals.details) < DETAILS_CAP:
+        totals.details.append(detail)
+    else:
+        totals.details_truncated = True
+
+
+# --- Database helpers ----------------------------------------------------------------------
+
+
+def database_now() -> datetime:
+    """The database's clock: the cutoffs must not depend on the clock of the host running the job.
+    (SQLite runs in this process, so its clock is this host's.)"""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT now()")
+            return cursor.fetchone()[0]
+    return timezone.now()
+
+
+@contextmanager
+def _single_run(enabled: bool):
+    """Yield whether this process may run: a session-level advisory lock on PostgreSQL."""
+    if not enabled or connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
+        acquired = cursor.fetchone()[0]
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
+            except DatabaseError:
+                pass  # the connection is gone, and the session lock with it
+
+
+def _bound_waits(lock_timeout: timedelta | None, statement_timeout: timedelta | None):
+    """Transaction-local timeouts (PostgreSQL), so one page never hangs the run."""
+    if connection.vendor != "postgresql" or not (lock_timeout or statement_timeout):
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+            [f"{int(lock_timeout.total_seconds() * 1000) if lock_timeout else 0}ms",
+             f"{int(statement_timeout.total_seconds() * 1000) if statement_timeout else 0}ms"],
+        )
+
+
+@dataclass
+class _PageResult:
+    """What one page did; merged into the report only once its transaction committed."""
+
+    statuses: StatusTotals = field(default_factory=StatusTotals)
+    locks: LockTotals = field(default_factory=LockTotals)
+    errors: list = field(default_factory=list)
+
+    def merge_into(self, report):
+        s, r = self.statuses, report.statuses
+        for name in ("examined", "stalled", "corrupt", "skipped_busy", "moved_on", "left_alone", "locks_released"):
+            setattr(r, name, getattr(r, name) + getattr(s, name))
+        r.by_rule.update(s.by_rule)
+        for name in ("expired", "removed", "skipped_busy"):
+            setattr(report.locks, name, getattr(report.locks, name) + getattr(self.locks, name))
+        for detail in s.details:
+            _keep(r, detail)
+        for detail in self.locks.details:
+            _keep(report.locks, detail)
+        for message in self.errors:
+            report.error(message)
+
+
+def _run_page(report, totals, what, work):
+    """One page = one transaction. A page that fails is rolled back, reported and left for the next
+    run; the run goes on, unless the connection itself is gone. Returns the page's result or None."""
+    try:
+        with transaction.atomic():
+            result = work()
+    except DatabaseError as exc:
+        if not connection.is_usable():
+            raise CleanupAborted(f"lost the database connection during the run ({_one_line(exc)})") from exc
+        totals.failed_batches += 1
+        report.error(f"{what}: rolled back, left for the next run ({_one_line(exc)})")
+        logger.warning("page_failed", extra={"fields": {"what": what, "error": _one_line(exc)}})
+        return None
+    result.merge_into(report)
+    return result
+
+
+def _one_line(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# --- Runs and records ----------------------------------------------------------------------
+
+
+def _start_run(report: CleanupReport, *, filters: dict, actor) -> CleanupRun:
+    return CleanupRun.objects.create(
+        trigger=report.trigger, dry_run=report.dry_run, stuck_after=report.stuck_after, lock_ttl=report.lock_ttl,
+        fail_stalled_after=report.fail_stalled_after, batch_size=report.batch_size, filters=filters,
+        host=socket.gethostname()[:255], pid=os.getpid(), actor=actor,
+    )
+
+
+def _finish_run(run: CleanupRun, report: CleanupReport):
+    s, locks = report.statuses, report.locks
+    CleanupRun.objects.filter(pk=run.pk).update(
+        finished_at=Now(), outcome=report.outcome, error="\n".join(report.errors), examined=s.examined,
+        repaired_all_accounted=s.by_rule[Rule.ALL_ACCOUNTED], repaired_no_active_tasks=s.by_rule[Rule.NO_ACTIVE_TASKS],
+        repaired_counter_overflow=s.by_rule[Rule.COUNTER_OVERFLOW],
+        repaired_stalled_failed=s.by_rule[Rule.STALLED_FAILED], stalled=s.stalled, corrupt=s.corrupt,
+        skipped_busy=s.skipped_busy + locks.skipped_busy, locks_expired=locks.expired, locks_removed=locks.removed,
+        locks_released=s.locks_released,
+    )
+
+
+def status_snapshot(row) -> dict:
+    """The values of a status row that a repair may change, for RepairRecord.before/after."""
+    return {
+        **{name: getattr(row, name) for name in COUNTER_FIELDS},
+        "status": row.status,
+        "completed_at": _iso(row.completed_at),
+        "updated_at": _iso(row.updated_at),
+    }
+
+
+def lock_snapshot(lock) -> dict:
+    return {
+        "lock_id": lock.lock_id, "account_id": lock.account_id, "content_type": lock.content_type,
+        "locked_at": _iso(lock.locked_at), "created_at": _iso(lock.created_at),
+    }
+
+
+def _lock_record(run, lock, rule, actor):
+    return RepairRecord(
+        run=run, kind=RecordKind.LOCK, target_id=lock.id, account_id=lock.account_id,
+        content_type=lock.content_type, rule=rule, before=lock_snapshot(lock), after=None, actor=actor,
+    )
+
+
+# --- Stuck statuses ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _StatusPass:
+    mode: Mode
+    cutoff: datetime | None  # None: no age window (admin force / fail stalled)
+    fail_cutoff: datetime | None  # idle since before this: stalled batches are failed
+    lock_timeout: timedelta | None = None
+    statement_timeout: timedelta | None = None
+
+    def eligible(self, row) -> bool:
+        if row.status not in rules.IN_PROGRESS:
+            return False
+        return self.cutoff is None or (row.updated_at is not None and row.updated_at < self.cutoff)
+
+    def decide(self, row) -> rules.RepairDecision:
+        fail = self.mode == Mode.FAIL_STALLED or (
+            self.fail_cutoff is not None and row.updated_at is not None and row.updated_at < self.fail_cutoff
+        )
+        return rules.decide(Counters.of(row), row.status, fail_stalled=fail)
+
+
+def _stuck_candidates(*, cutoff, accounts=None, content_types=None):
+    qs = GenerationStatus.objects.filter(status__in=rules.IN_PROGRESS, updated_at__lt=cutoff)
+    if accounts:
+        qs = qs.filter(account_id__in=accounts)
+    if content_types:
+        qs = qs.filter(content_type__in=content_types)
+    return qs
+
+
+def _keyset_pages(queryset, batch_size):
+    """Pages of ids in id order, `id > last ORDER BY id LIMIT n`: never the whole table in memory."""
+    last_id = 0
+    while True:
+        ids = list(queryset.filter(id__gt=last_id).order_by("id").values_list("id", flat=True)[:batch_size])
+        if not ids:
+            return
+        yield ids
+        last_id = ids[-1]
+
+
+def count_stuck(*, stuck_after: timedelta, accounts=None, content_types=None) -> int:
+    """How many batches are stuck now (for progress bars and the health page)."""
+    return _stuck_candidates(cutoff=database_now() - stuck_after, accounts=accounts,
+                             content_types=content_types).count()
+
+
+def _process_status_page(ids, spec: _StatusPass, *, dry_run: bool, run, actor, left_alone_ids=()) -> _PageResult:
+    """Lock, re-check, decide, write and record one page of status rows (inside its transaction)."""
+    result = _PageResult()
+    totals = result.statuses
+    qs = GenerationStatus.objects.filter(id__in=ids).only(*STATUS_FIELDS).annotate(db_now=Now()).order_by("id")
+    if not dry_run:
+        _bound_waits(spec.lock_timeout, spec.statement_timeout)
+        qs = qs.select_for_update(skip_locked=True, of=("self",))
+    rows = list(qs)
+    totals.skipped_busy = len(ids) - len(rows)
+
+    repairs = []  # (row, decision)
+    for row in rows:
+        # Re-check under the row lock: a worker may have moved or finished the batch since the page was selected.
+        if not spec.eligible(row):
+            if row.id in left_alone_ids:
+                reason = "finished" if row.status not in rules.IN_PROGRESS else "not_stuck"
+                totals.details.append(_left_alone(row, reason))
+                totals.left_alone += 1
+            else:
+                totals.moved_on += 1
+            continue
+        decision = spec.decide(row)
+        if spec.mode == Mode.FAIL_STALLED and decision.rule != Rule.STALLED_FAILED:
+            totals.details.append(_left_alone(row, "not_stalled"))
+            totals.left_alone += 1
+            continue
+        totals.examined += 1
+        if decision.rule == Rule.CORRUPT:
+            totals.corrupt += 1
+            result.errors.append(f"batch #{row.id} has corrupt counters (T/Q/P/C/F {decision.before}); not changed")
+        elif decision.rule == Rule.STALLED:
+            totals.stalled += 1
+        elif decision.repairs:
+            repairs.append((row, decision))
+            totals.by_rule[decision.rule] += 1
+        totals.details.append(_status_detail(row, decision, applied=False))
+
+    if repairs and not dry_run:
+        records = _write_repairs(repairs, run, actor)
+        totals.locks_released = sum(1 for r in records if r.kind == RecordKind.LOCK)
+        for detail in totals.details:
+            detail.applied = detail.rule in rules.REPAIRS
+    elif repairs:
+        lock_ids = [row.lock_id for row, decision in repairs if decision.finishes and row.lock_id]
+        totals.locks_released = GenerationLock.objects.filter(lock_id__in=lock_ids).count() if lock_ids else 0
+    for detail in totals.details:
+        _log_status(detail, dry_run)
+    return result
+
+
+def _left_alone(row, reason):
+    snapshot = status_snapshot(row)
+    return StatusDetail(row.id, row.account_id, row.content_type, reason, snapshot, snapshot,
+                        _idle(row), applied=False)
+
+
+def _idle(row):
+    if row.updated_at is None:
+        return None
+    return round((row.db_now - row.updated_at).total_seconds(), 1)
+
+
+def _status_detail(row, decision, *, applied):
+    before = status_snapshot(row)
+    after = dict(before)
+    if decision.repairs:
+        after.update(decision.after.as_dict(), status=decision.status, updated_at=_iso(row.db_now))
+        if decision.finishes:
+            after["completed_at"] = _iso(row.db_now)
+    return StatusDetail(row.id, row.account_id, row.content_type, decision.rule.value, before, after,
+                        _idle(row), applied)
+
+
+def _write_repairs(repairs, run, actor) -> list[RepairRecord]:
+    """Write only the columns each rule changes, grouped so the query count per page is constant;
+    release the finished batches' locks; record every change. Called inside the page's transaction."""
+    records = []
+    groups = defaultdict(list)
+    finished_lock_ids = {}
+    for row, decision in repairs:
+        before = status_snapshot(row)
+        changes = {**decision.changes(), "updated_at": row.db_now}
+        if decision.finishes:
+            changes["completed_at"] = row.db_now
+            if row.lock_id:
+                finished_lock_ids[row.lock_id] = row
+        for name, value in changes.items():
+            setattr(row, name, value)
+        groups[tuple(sorted(changes))].append(row)
+        records.append(RepairRecord(
+            run=run, kind=RecordKind.STATUS, target_id=row.id, account_id=row.account_id,
+            content_type=row.content_type, rule=decision.rule.value, before=before, after=status_snapshot(row),
+            actor=actor,
+        ))
+    for fields, rows in groups.items():
+        GenerationStatus.objects.bulk_update(rows, fields)
+    if finished_lock_ids:
+        locks = list(GenerationLock.objects.select_for_update().filter(lock_id__in=finished_lock_ids))
+        GenerationLock.objects.filter(id__in=[lock.id for lock in locks]).delete()
+        for lock in locks:
+            records.append(_lock_record(run, lock, RecordRule.RELEASED_WITH_BATCH, actor))
+            logger.info("lock_released", extra={"fields": {
+                "lock_id": lock.lock_id, "lock_pk": lock.id, "batch_id": finished_lock_ids[lock.lock_id].id,
+                "account_id": lock.account_id, "content_type": lock.content_type,
+            }})
+    RepairRecord.objects.bulk_create(records)
+    return records
+
+
+def _log_status(detail: StatusDetail, dry_run: bool):
+    b, a = detail.before, detail.after
+    fields = {
+        "dry_run": dry_run, "id": detail.id, "account_id": detail.account_id, "content_type": detail.content_type,
+        "rule": detail.rule, "status": b["status"], "idle_s": detail.idle_s,
+        "counters": "/".join(str(b[name]) for name in COUNTER_FIELDS),
+    }
+    if detail.applied or (dry_run and detail.rule in rules.REPAIRS):
+        fields["status_after"] = a["status"]
+        fields["counters_after"] = "/".join(str(a[name]) for name in COUNTER_FIELDS)
+    event = {
+        Rule.CORRUPT: "corrupt", Rule.STALLED: "stalled",
+    }.get(detail.rule, "repair" if detail.rule in rules.REPAIRS else "left_alone")
+    level = logging.ERROR if event == "corrupt" else logging.INFO
+    logger.log(level, event, extra={"fields": fields})
+
+
+# --- Expired locks -------------------------------------------------------------------------
+
+
+def _referring_batches(lock_ids):
+    """lock_id -> the newest batch that names it (one query)."""
+    batches = {}
+    for batch in (GenerationStatus.objects.filter(lock_id__in=lock_ids)
+                  .only("id", "lock_id", "status", "updated_at").order_by("lock_id", "updated_at")):
+        batches[batch.lock_id] = batch  # the last one per lock_id is the newest
+    return batches
+
+
+def _lock_detail(lock, now, rule, batch):
+    detail = LockDetail(
+        id=lock.id, lock_id=lock.lock_id, account_id=lock.account_id, content_type=lock.content_type,
+        locked_at=lock.locked_at, age_s=round((now - lock.locked_at).total_seconds(), 1), rule=rule,
+    )
+    if batch is not None:
+        detail.batch_id, detail.batch_status = batch.id, batch.status
+        if batch.updated_at is not None:
+            detail.batch_idle_s = round((now - batch.updated_at).total_seconds(), 1)
+    return detail
+
+
+def _process_lock_page(ids, *, now, cutoff, rule, dry_run, run, actor, lock_timeout=None,
+                       statement_timeout=None) -> _PageResult:
+    """Delete one page of locks (inside its transaction), recording each with the batch that names it."""
+    result = _PageResult()
+    totals = result.locks
+    qs = GenerationLock.objects.filter(id__in=ids).order_by("id")
+    if not dry_run:
+        _bound_waits(lock_timeout, statement_timeout)
+        qs = qs.select_for_update(skip_locked=True)
+    rows = list(qs)
+    totals.skipped_busy = len(ids) - len(rows)
+    # re-checked under the row lock: a lock re-taken since the page was selected is not expired
+    locks = [lock for lock in rows if cutoff is None or lock.locked_at < cutoff]
+    batches = _referring_batches([lock.lock_id for lock in locks])
+    totals.details = [_lock_detail(lock, now, rule, batches.get(lock.lock_id)) for lock in locks]
+    totals.expired = len(locks)
+    if locks and not dry_run:
+        delete = GenerationLock.objects.filter(id__in=[lock.id for lock in locks])
+        if cutoff is not None:
+            # repeated in the DELETE: a lock released and re-taken since must survive
+            delete = delete.filter(locked_at__lt=cutoff)
+        totals.removed, _ = delete.delete()
+        RepairRecord.objects.bulk_create([_lock_record(run, lock, rule, actor) for lock in locks])
+        for detail in totals.details:
+            detail.applied = True
+    for detail in totals.details:
+        event = "lock_expired" if rule == RecordRule.EXPIRED_LOCK else "lock_released"
+        logger.info(event, extra={"fields": {"dry_run": dry_run, **detail.as_dict()}})
+    return result
+
+
+def _expired_lock_candidates(*, cutoff, accounts=None, content_types=None):
+    qs = GenerationLock.objects.filter(locked_at__lt=cutoff)
+    if accounts:
+        qs = qs.filter(account_id__in=accounts)
+    if content_types:
+        qs = qs.filter(content_type__in=content_types)
+    return qs
+
+
+# --- Entry points --------------------------------------------------------------------------
+
+
+def cleanup(
+    *,
+    stuck_after: timedelta,
+    lock_ttl: timedelta,
+    fail_stalled_after: timedelta | None = None,
+    batch_size: int = 500,
+    dry_run: bool = False,
+    accounts: list[int] | None = None,
+    content_types: list[str] | None = None,
+    only: str | None = None,
+    trigger: str = Trigger.COMMAND,
+    actor=None,
+    lock_timeout: timedelta | None = None,
+    statement_timeout: timedelta | None = None,
+    on_page=None,
+) -> CleanupReport:
+    """Repair stuck batches and delete expired locks; the scheduled job.
+
+    `only` is None, "statuses" or "locks". `on_page(kind, details)` is called after each page
+    (kind "statuses" or "locks") for progress output. Raises CleanupAborted if the database
+    connection is lost; the pages committed before that stay committed and recorded.
+    """
+    started = time.monotonic()
+    report = CleanupReport(
+        trigger=trigger, dry_run=dry_run, now=database_now(), stuck_after=stuck_after, lock_ttl=lock_ttl,
+        fail_stalled_after=fail_stalled_after, batch_size=batch_size,
+    )
+    filters = {"accounts": accounts or [], "content_types": content_types or [], "only": only}
+    with _single_run(not dry_run) as may_run:
+        if not may_run:
+            report.outcome = Outcome.SKIPPED
+            report.skipped_reason = "another run holds the lock"
+            run = _start_run(report, filters=filters, actor=actor)
+            report.run_id = run.pk
+            _finish_run(run, report)
+            logger.info("run_skipped", extra={"fields": {"run_id": run.pk, "reason": report.skipped_reason}})
+            return report
+        run = None if dry_run else _start_run(report, filters=filters, actor=actor)
+        report.run_id = run.pk if run else None
+        logger.info("run_started", extra={"fields": {
+            "run_id": report.run_id, "trigger": trigger, "dry_run": dry_run, "cutoff": _iso(report.cutoff),
+            "lock_cutoff": _iso(report.lock_cutoff), "batch_size": batch_size, **filters,
+        }})
+        try:
+            if only in (None, "statuses"):
+                spec = _StatusPass(
+                    Mode.SCHEDULED, report.cutoff,
+                    report.now - fail_stalled_after if fail_stalled_after else None, lock_timeout, statement_timeout,
+                )
+                candidates = _stuck_candidates(cutoff=report.cutoff, accounts=accounts, content_types=content_types)
+                for ids in _keyset_pages(candidates, batch_size):
+                    page = _run_page(report, report.statuses, f"status page #{ids[0]}..#{ids[-1]}", lambda ids=ids: (
+                        _process_status_page(ids, spec, dry_run=dry_run, run=run, actor=actor)))
+                    if on_page:
+                        on_page("statuses", page.statuses.details if page else [])
+            if only in (None, "locks"):
+                candidates = _expired_lock_candidates(
+                    cutoff=report.lock_cutoff, accounts=accounts, content_types=content_types)
+                for ids in _keyset_pages(candidates, batch_size):
+                    page = _run_page(report, report.locks, f"lock page #{ids[0]}..#{ids[-1]}", lambda ids=ids: (
+                        _process_lock_page(
+                            ids, now=report.now, cutoff=report.lock_cutoff, rule=RecordRule.EXPIRED_LOCK,
+                            dry_run=dry_run, run=run, actor=actor, lock_timeout=lock_timeout,
+                            statement_timeout=statement_timeout,
+                        )))
+                    if on_page:
+                        on_page("locks", page.locks.details if page else [])
+        except CleanupAborted as exc:
+            report.error(str(exc))
+            raise
+        finally:
+            report.duration_s = time.monotonic() - started
+            if run is not None:
+                try:
+                    _finish_run(run, report)
+                except DatabaseError:
+                    pass  # connection lost: the run row keeps an empty outcome, which the health page shows
+    logger.info("run_finished", extra={"fields": _summary_fields(report)})
+    return report
+
+
+def _summary_fields(report):
+    s, locks = report.statuses, report.locks
+    return {
+        "run_id": report.run_id, "dry_run": report.dry_run, "outcome": report.outcome, "examined": s.examined,
+        "repaired": s.repaired, **{rule.value: s.by_rule[rule] for rule in rules.REPAIRS}, "stalled": s.stalled,
+        "corrupt": s.corrupt, "skipped_busy": s.skipped_busy + locks.skipped_busy,
+        "locks_expired": locks.expired, "locks_removed": locks.removed, "locks_released": s.locks_released,
+        "duration_s": round(report.duration_s, 3),
+    }
+
+
+def cleanup_from_settings(*, trigger: str, dry_run: bool = False, actor=None, **overrides) -> CleanupReport:
+    """cleanup() with the parameters from settings (GENERATION_*, CLEANUP_*), any of them overridden."""
+    from .conf import job_settings
+
+    job = job_settings()
+    params = {
+        "stuck_after": job.stuck_after, "lock_ttl": job.lock_ttl, "fail_stalled_after": job.fail_stalled_after,
+        "batch_size": job.batch_size, "lock_timeout": job.lock_timeout, "statement_timeout": job.statement_timeout,
+    }
+    params.update(overrides)
+    return cleanup(trigger=trigger, dry_run=dry_run, actor=actor, **params)
+
+
+def repair_selected(
+    *,
+    ids,
+    mode: Mode = Mode.SCHEDULED,
+    stuck_after: timedelta | None = None,
+    actor=None,
+    dry_run: bool = False,
+    trigger: str = Trigger.ADMIN,
+) -> CleanupReport:
+    """Apply the rules to hand-picked batches (admin actions); the dry run is the confirmation preview.
+
+    mode SCHEDULED: only rows stuck longer than `stuck_after` (default: the setting);
+    FORCE: any queuing/processing row; FAIL_STALLED: only the stalled_failed change.
+    Selected rows that are not eligible are reported as left alone with the reason.
+    """
+    from .conf import job_settings
+
+    job = job_settings()
+    started = time.monotonic()
+    report = CleanupReport(trigger=trigger, dry_run=dry_run, now=database_now(), batch_size=job.batch_size)
+    if mode == Mode.SCHEDULED:
+        report.stuck_after = stuck_after or job.stuck_after
+    fail_cutoff = None
+    if mode == Mode.SCHEDULED and job.fail_stalled_after:
+        report.fail_stalled_after = job.fail_stalled_after
+        fail_cutoff = report.now - job.fail_stalled_after
+    spec = _StatusPass(mode, report.cutoff, fail_cutoff, job.lock_timeout, job.statement_timeout)
+    ids = sorted({int(i) for i in ids})
+    run = None if dry_run else _start_run(report, filters={"ids": ids[:DETAILS_CAP], "mode": mode.value}, actor=actor)
+    report.run_id = run.pk if run else None
+    try:
+        for start in range(0, len(ids), job.batch_size):
+            page = ids[start:start + job.batch_size]
+            _run_page(report, report.statuses, f"selected batches #{page[0]}..#{page[-1]}", lambda page=page: (
+                _process_status_page(page, spec, dry_run=dry_run, run=run, actor=actor, left_alone_ids=set(page))))
+    finally:
+        report.duration_s = time.monotonic() - started
+        if run is not None:
+            _finish_run(run, report)
+    return report
+
+
+def release_locks(*, ids, actor=None, dry_run: bool = False, trigger: str = Trigger.ADMIN) -> CleanupReport:
+    """Delete hand-picked locks (admin), whatever their age; each deletion is recorded."""
+    from .conf import job_settings
+
+    job = job_settings()
+    started = time.monotonic()
+    report = CleanupReport(trigger=trigger, dry_run=dry_run, now=database_now(), lock_ttl=None,
+                           batch_size=job.batch_size)
+    ids = sorted({int(i) for i in ids})
+    run = None if dry_run else _start_run(report, filters={"lock_ids": ids[:DETAILS_CAP]}, actor=actor)
+    report.run_id = run.pk if run else None
+    try:
+        for start in range(0, len(ids), job.batch_size):
+            page = ids[start:start + job.batch_size]
+            _run_page(report, report.locks, f"selected locks #{page[0]}..#{page[-1]}", lambda page=page: (
+                _process_lock_page(
+                    page, now=report.now, cutoff=None, rule=RecordRule.RELEASED_BY_HAND, dry_run=dry_run, run=run,
+                    actor=actor, lock_timeout=job.lock_timeout, statement_timeout=job.statement_timeout,
+                )))
+    finally:
+        report.duration_s = time.monotonic() - started
+        if run is not None:
+            _finish_run(run, report)
+    return report
