@@ -1,0 +1,162 @@
+"""Concurrency claims, proven with real concurrent PostgreSQL connections (one per thread)."""
+
+import threading
+import time
+from datetime import timedelta
+
+import psycopg
+import pytest
+from django.db import connection, connections
+
+from generation import services
+from generation.models import CleanupRun, GenerationStatus, RepairRecord
+
+from .factories import counters_of, make_batch
+from .helpers import postgres_url
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+PARAMS = {"stuck_after": timedelta(hours=3), "lock_ttl": timedelta(hours=3), "batch_size": 100,
+          "lock_timeout": timedelta(seconds=5), "statement_timeout": timedelta(seconds=30)}
+
+
+def other_connection():
+    """A second, independent connection to the test database (as a worker of the backend would have)."""
+    url = postgres_url(connection.settings_dict["NAME"]).replace("postgres://", "postgresql://")
+    return psycopg.connect(url, autocommit=True)
+
+
+class Thread(threading.Thread):
+    """Runs fn in a thread with its own Django connection; re-raises its exception on join."""
+
+    def __init__(self, fn):
+        super().__init__(daemon=True)
+        self.fn, self.result, self.error = fn, None, None
+
+    def run(self):
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self.error = exc
+        finally:
+            connections.close_all()
+
+    def join_result(self, timeout=30):
+        self.join(timeout)
+        assert not self.is_alive(), "thread did not finish"
+        if self.error:
+            raise self.error
+        return self.result
+
+
+def test_a_row_held_by_another_transaction_is_skipped_not_waited_on():
+    held = make_batch((4, 0, 0, 0, 0))
+    free = make_batch((4, 0, 0, 0, 0))
+    with other_connection() as worker:
+        with worker.transaction():
+            worker.execute("SELECT id FROM account_generation_status WHERE id = %s FOR UPDATE", [held.pk])
+            started = time.monotonic()
+            report = services.cleanup(**PARAMS)
+            elapsed = time.monotonic() - started
+    assert elapsed < 3, f"the run waited {elapsed:.1f}s on a held row"
+    assert report.statuses.skipped_busy == 1
+    assert report.statuses.repaired == 1
+    assert counters_of(held).total_failed == 0  # left for the next run
+    assert counters_of(free).total_failed == 4
+    retry = services.cleanup(**PARAMS)
+    assert (retry.statuses.repaired, counters_of(held).total_failed) == (1, 4)
+
+
+def test_a_concurrent_worker_increment_is_not_lost(monkeypatch):
+    """The worker's UPDATE lands while the repair holds the row: it waits, then applies on top."""
+    batch = make_batch((10, 0, 0, 6, 1))  # no_active_tasks: F := T - C
+    worker_started = threading.Event()
+    real_write = services._write_repairs
+
+    def increment():
+        with other_connection() as worker:
+            worker_started.set()
+            worker.execute(
+                "UPDATE account_generation_status SET total_completed = total_completed + 1 WHERE id = %s",
+                [batch.pk])
+
+    worker = Thread(increment)
+
+    def write_while_a_worker_increments(repairs, run, actor):
+        worker.start()
+        worker_started.wait(5)
+        time.sleep(0.3)  # the worker's UPDATE is now blocked on our row lock
+        return real_write(repairs, run, actor)
+
+    monkeypatch.setattr(services, "_write_repairs", write_while_a_worker_increments)
+    report = services.cleanup(**PARAMS)
+    worker.join_result()
+    assert report.statuses.by_rule["no_active_tasks"] == 1
+    after = counters_of(batch)
+    assert after.total_completed == 7, "the worker's increment was lost"
+    assert after.total_failed == 4  # the repair's own write, decided on the values it locked
+    record = RepairRecord.objects.get(kind="status", target_id=batch.pk)
+    assert record.before["total_completed"] == 6 and record.after["total_failed"] == 4
+
+
+def test_an_increment_committed_before_the_lock_is_seen_by_the_recheck(monkeypatch):
+    """A worker finishes the batch between candidate selection and locking: the repair leaves it alone."""
+    batch = make_batch((10, 0, 0, 9, 0))
+    real_pages = services._keyset_pages
+
+    def pages_then_worker_moves(queryset, batch_size):
+        for ids in real_pages(queryset, batch_size):
+            with other_connection() as worker:
+                worker.execute(
+                    "UPDATE account_generation_status SET total_completed = 10, status = 'completed', "
+                    "completed_at = now(), updated_at = now() WHERE id = %s", [batch.pk])
+            yield ids
+
+    monkeypatch.setattr(services, "_keyset_pages", pages_then_worker_moves)
+    report = services.cleanup(**PARAMS)
+    assert report.statuses.repaired == 0 and report.statuses.moved_on == 1
+    assert counters_of(batch).total_completed == 10 and batch.status == "completed"
+    assert not RepairRecord.objects.exists()
+
+
+def test_two_runs_at_the_same_moment_one_works_the_other_is_skipped():
+    batches = [make_batch((4, 0, 0, 0, 0)) for _ in range(30)]
+    barrier = threading.Barrier(2)
+
+    def run():
+        barrier.wait(5)
+        return services.cleanup(**{**PARAMS, "batch_size": 5})
+
+    threads = [Thread(run), Thread(run)]
+    for t in threads:
+        t.start()
+    reports = [t.join_result() for t in threads]
+    outcomes = sorted(r.outcome for r in reports)
+    repaired = sum(r.statuses.repaired for r in reports)
+    if outcomes == ["ok", "skipped"]:
+        assert repaired == 30
+    else:
+        # the first finished before the second asked for the lock: then the second found nothing to do
+        assert outcomes == ["ok", "ok"] and repaired == 30
+    for batch in batches:
+        assert RepairRecord.objects.filter(kind="status", target_id=batch.pk).count() == 1
+    assert CleanupRun.objects.filter(outcome="skipped").count() == outcomes.count("skipped")
+
+
+def test_a_run_holding_the_lock_makes_the_next_one_skip(monkeypatch):
+    make_batch((4, 0, 0, 0, 0))
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_page(kind, details):
+        inside.set()
+        release.wait(10)
+
+    first = Thread(lambda: services.cleanup(**PARAMS, on_page=slow_page))
+    first.start()
+    assert inside.wait(10)
+    second = services.cleanup(**PARAMS)
+    release.set()
+    first_report = first.join_result()
+    assert (second.outcome, second.skipped_reason) == ("skipped", "another run holds the lock")
+    assert first_report.outcome == "ok" and first_report.statuses.repaired == 1
+    assert GenerationStatus.objects.get().total_failed == 4

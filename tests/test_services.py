@@ -1,0 +1,285 @@
+"""The engine through the ORM, on whichever database the suite runs on (SQLite or PostgreSQL)."""
+
+import json
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from generation import services
+from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
+from generation.rules import Counters
+
+from .factories import INSIDE, OUTSIDE, WINDOW, counters_of, make_batch, make_lock
+
+pytestmark = pytest.mark.django_db
+
+# The spec's worked examples: before, rule, after, status after.
+WORKED_EXAMPLES = [
+    ((10, 0, 0, 10, 0), "all_accounted", (10, 0, 0, 10, 0), "completed"),
+    ((10, 0, 2, 7, 3), "all_accounted", (10, 0, 0, 7, 3), "partial"),
+    ((5, 0, 0, 0, 5), "all_accounted", (5, 0, 0, 0, 5), "failed"),
+    ((10, 1, 0, 9, 3), "all_accounted", (10, 0, 0, 9, 3), "partial"),
+    ((10, 0, 0, 6, 1), "no_active_tasks", (10, 0, 0, 6, 4), "partial"),
+    ((4, 0, 0, 0, 0), "no_active_tasks", (4, 0, 0, 0, 4), "failed"),
+    ((10, 2, 5, 6, 0), "counter_overflow", (10, 2, 2, 6, 0), "processing"),
+    ((10, 4, 1, 6, 1), "counter_overflow", (10, 3, 0, 6, 1), "processing"),
+    ((10, 3, 0, 7, 2), "counter_overflow", (10, 1, 0, 7, 2), "processing"),
+    ((10, 1, 1, 3, 2), "stalled", (10, 1, 1, 3, 2), "processing"),
+]
+
+
+def run_command(*args):
+    """call_command with --json; returns (parsed report, exit code)."""
+    out = StringIO()
+    try:
+        call_command("cleanup_stuck_generation", "--json", *args, stdout=out, stderr=StringIO())
+        code = 0
+    except CommandError as exc:
+        code = exc.returncode
+    return json.loads(out.getvalue()), code
+
+
+@pytest.mark.parametrize(("before", "rule", "after", "status"), WORKED_EXAMPLES,
+                         ids=[f"{rule}-{'-'.join(map(str, b))}" for b, rule, _, _ in WORKED_EXAMPLES])
+def test_worked_example_through_the_command(before, rule, after, status):
+    batch = make_batch(before, lock_held_for=timedelta(minutes=10))
+    report, code = run_command()
+    assert code == 0
+    assert counters_of(batch) == Counters(*after)
+    assert batch.status == status
+    [detail] = report["statuses"]["details"]
+    assert detail["rule"] == rule
+    finishes = rule in ("all_accounted", "no_active_tasks")
+    assert (batch.completed_at is not None) == finishes
+    assert GenerationLock.objects.filter(lock_id=batch.lock_id).exists() == (not finishes)
+
+
+def test_worked_example_stalled_failed_with_window_set_and_passed():
+    batch = make_batch((10, 1, 1, 3, 2), idle=timedelta(hours=7))
+    report, code = run_command("--fail-stalled-after", "6h")
+    assert code == 0
+    assert (counters_of(batch), batch.status) == (Counters(10, 0, 0, 3, 7), "partial")
+    assert report["statuses"]["by_rule"]["stalled_failed"] == 1
+
+
+def test_stalled_inside_the_fail_window_is_only_reported():
+    batch = make_batch((10, 1, 1, 3, 2), idle=timedelta(hours=5))
+    report, _ = run_command("--fail-stalled-after", "6h")
+    assert counters_of(batch) == Counters(10, 1, 1, 3, 2)
+    assert report["statuses"]["stalled"] == 1
+
+
+def test_worked_example_corrupt_is_an_error_and_unchanged():
+    batch = make_batch((3, 0, -1, 2, 0))
+    healthy_stuck = make_batch((10, 0, 0, 10, 0))
+    report, code = run_command()
+    assert code == 1
+    assert counters_of(batch) == Counters(3, 0, -1, 2, 0)
+    assert batch.status == "processing"
+    assert report["outcome"] == "errors"
+    assert report["statuses"]["corrupt"] == 1
+    assert any(f"batch #{batch.id}" in error for error in report["errors"])
+    assert counters_of(healthy_stuck) == Counters(10, 0, 0, 10, 0)
+    assert healthy_stuck.status == "completed"  # the rest of the run is unaffected
+
+
+@pytest.mark.parametrize("before", [b for b, rule, _, _ in WORKED_EXAMPLES if rule != "stalled"])
+def test_one_minute_inside_the_window_is_untouched(before):
+    batch = make_batch(before, idle=INSIDE)
+    snapshot = GenerationStatus.objects.values().get(pk=batch.pk)
+    report, _ = run_command()
+    assert GenerationStatus.objects.values().get(pk=batch.pk) == snapshot
+    assert report["statuses"]["examined"] == 0
+
+
+@pytest.mark.parametrize("status", ["completed", "partial", "failed"])
+def test_finished_batches_of_any_age_are_untouched(status):
+    batch = make_batch((10, 0, 5, 3, 0), idle=timedelta(days=30), status=status)
+    snapshot = GenerationStatus.objects.values().get(pk=batch.pk)
+    run_command()
+    assert GenerationStatus.objects.values().get(pk=batch.pk) == snapshot
+
+
+def test_locks_on_both_sides_of_the_ttl():
+    fresh = make_lock(account_id=1, held_for=INSIDE)
+    expired = make_lock(account_id=2, held_for=OUTSIDE)
+    report, _ = run_command()
+    assert GenerationLock.objects.filter(pk=fresh.pk).exists()
+    assert not GenerationLock.objects.filter(pk=expired.pk).exists()
+    assert report["locks"]["expired"] == report["locks"]["removed"] == 1
+    [record] = RepairRecord.objects.filter(kind="lock")
+    assert (record.rule, record.target_id, record.before["lock_id"]) == ("expired_lock", expired.pk, expired.lock_id)
+
+
+def test_expired_lock_report_names_the_batch_that_refers_to_it():
+    batch = make_batch((10, 1, 1, 3, 2), idle=timedelta(minutes=20), lock_held_for=timedelta(hours=5))
+    report, _ = run_command()
+    [detail] = report["locks"]["details"]
+    assert detail["batch_id"] == batch.pk
+    assert detail["batch_status"] == "processing"
+    assert 19 * 60 < detail["batch_idle_s"] < 21 * 60
+    assert 5 * 3600 - 60 < detail["age_s"] < 5 * 3600 + 60
+
+
+def test_a_second_run_repairs_and_removes_nothing():
+    for before, *_ in WORKED_EXAMPLES:
+        make_batch(before, lock_held_for=OUTSIDE)
+    make_lock(account_id=999, held_for=timedelta(hours=10))
+    first, _ = run_command()
+    assert first["statuses"]["repaired"] == 9
+    second, _ = run_command()
+    assert second["statuses"]["repaired"] == 0
+    assert second["locks"]["removed"] == 0
+    assert second["statuses"]["stalled"] == 1
+
+
+def test_dry_run_writes_nothing_at_all():
+    for before, *_ in WORKED_EXAMPLES:
+        make_batch(before, lock_held_for=OUTSIDE)
+    make_lock(account_id=999, held_for=timedelta(hours=10))
+    dump_before = StringIO()
+    call_command("dumpdata", "generation", stdout=dump_before)
+    out = StringIO()
+    call_command("cleanup_stuck_generation", "--dry-run", stdout=out, stderr=StringIO())
+    dump_after = StringIO()
+    call_command("dumpdata", "generation", stdout=dump_after)
+    assert dump_after.getvalue() == dump_before.getvalue()
+    assert CleanupRun.objects.count() == RepairRecord.objects.count() == 0
+    text = out.getvalue()
+    assert "would repair" in text and "repaired #" not in text
+    assert "DRY RUN: 10 stuck batches examined, would repair 9" in text
+
+
+def test_json_counts_equal_the_repair_records_of_the_run():
+    for before, *_ in WORKED_EXAMPLES:
+        make_batch(before, lock_held_for=OUTSIDE)
+    make_lock(account_id=999, held_for=timedelta(hours=10))
+    report, _ = run_command()
+    records = RepairRecord.objects.filter(run_id=report["run_id"])
+    s = report["statuses"]
+    assert records.filter(kind="status").count() == s["repaired"] == sum(s["by_rule"].values())
+    assert records.filter(rule="released_with_batch").count() == s["locks_released"] == 6
+    assert records.filter(rule="expired_lock").count() == report["locks"]["removed"]
+    run = CleanupRun.objects.get(pk=report["run_id"])
+    assert (run.trigger, run.outcome, run.repaired, run.locks_released) == ("command", "ok", 9, 6)
+    assert run.finished_at is not None
+
+
+def test_every_record_holds_the_values_before_and_after():
+    batch = make_batch((10, 0, 2, 7, 3), lock_held_for=timedelta(minutes=5))
+    run_command()
+    record = RepairRecord.objects.get(kind="status", target_id=batch.pk)
+    batch.refresh_from_db()
+    assert record.before["total_processing"] == 2 and record.before["status"] == "processing"
+    assert record.before["completed_at"] is None
+    assert record.after == services.status_snapshot(batch)
+    lock_record = RepairRecord.objects.get(kind="lock")
+    assert (lock_record.rule, lock_record.before["lock_id"], lock_record.after) == (
+        "released_with_batch", batch.lock_id, None)
+
+
+def test_only_the_changed_columns_and_updated_at_are_written():
+    batch = make_batch((10, 2, 5, 6, 0))
+    before = GenerationStatus.objects.values().get(pk=batch.pk)
+    run_command()
+    after = GenerationStatus.objects.values().get(pk=batch.pk)
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"total_processing", "updated_at"}
+
+
+def test_filters_by_account_and_content_type():
+    a = make_batch((4, 0, 0, 0, 0), account_id=1, content_type="video")
+    b = make_batch((4, 0, 0, 0, 0), account_id=2, content_type="story")
+    c = make_batch((4, 0, 0, 0, 0), account_id=2, content_type="video")
+    report, _ = run_command("--account", "2", "--content-type", "video")
+    assert [d["id"] for d in report["statuses"]["details"]] == [c.pk]
+    assert counters_of(a).total_failed == 0 and counters_of(b).total_failed == 0
+    nothing, code = run_command("--account", "123456789")
+    assert (nothing["statuses"]["examined"], code) == (0, 0)
+
+
+def test_only_locks_and_only_statuses():
+    batch = make_batch((4, 0, 0, 0, 0))
+    lock = make_lock(account_id=500)
+    report, _ = run_command("--only", "locks")
+    assert counters_of(batch).total_failed == 0 and report["locks"]["removed"] == 1
+    make_lock(account_id=501)
+    report, _ = run_command("--only", "statuses")
+    assert counters_of(batch).total_failed == 4 and report["locks"]["expired"] == 0
+    assert not GenerationLock.objects.filter(pk=lock.pk).exists()
+
+
+def test_small_batches_page_through_everything():
+    batches = [make_batch((4, 0, 0, 0, 0)) for _ in range(7)]
+    report, _ = run_command("--batch-size", "2")
+    assert report["statuses"]["repaired"] == 7
+    assert all(counters_of(b).total_failed == 4 for b in batches)
+
+
+def test_details_are_capped(monkeypatch):
+    monkeypatch.setattr(services, "DETAILS_CAP", 3)
+    for _ in range(5):
+        make_batch((4, 0, 0, 0, 0))
+    report, _ = run_command()
+    assert report["statuses"]["repaired"] == 5
+    assert len(report["statuses"]["details"]) == 3
+    assert report["statuses"]["details_truncated"] is True
+
+
+def test_repair_selected_scheduled_leaves_fresh_rows_alone():
+    stuck = make_batch((4, 0, 0, 0, 0))
+    fresh = make_batch((4, 0, 0, 0, 0), idle=timedelta(minutes=5))
+    done = make_batch((4, 0, 0, 4, 0), status="completed")
+    report = services.repair_selected(ids=[stuck.pk, fresh.pk, done.pk])
+    assert report.statuses.by_rule["no_active_tasks"] == 1
+    reasons = {d.id: d.rule for d in report.statuses.details}
+    assert reasons == {stuck.pk: "no_active_tasks", fresh.pk: "not_stuck", done.pk: "finished"}
+    assert counters_of(fresh).total_failed == 0
+    assert CleanupRun.objects.get(pk=report.run_id).trigger == "admin"
+
+
+def test_repair_selected_force_ignores_the_window_and_preview_writes_nothing():
+    fresh = make_batch((4, 0, 0, 0, 0), idle=timedelta(minutes=5))
+    preview = services.repair_selected(ids=[fresh.pk], mode=services.Mode.FORCE, dry_run=True)
+    assert preview.statuses.details[0].after["total_failed"] == 4
+    assert counters_of(fresh).total_failed == 0 and CleanupRun.objects.count() == 0
+    services.repair_selected(ids=[fresh.pk], mode=services.Mode.FORCE)
+    assert counters_of(fresh).total_failed == 4
+
+
+def test_repair_selected_fail_stalled_only_touches_stalled_rows():
+    stalled = make_batch((10, 1, 1, 3, 2), idle=timedelta(minutes=5))
+    other = make_batch((4, 0, 0, 0, 0))
+    report = services.repair_selected(ids=[stalled.pk, other.pk], mode=services.Mode.FAIL_STALLED)
+    assert counters_of(stalled) == Counters(10, 0, 0, 3, 7)
+    assert counters_of(other).total_failed == 0
+    assert {d.id: d.rule for d in report.statuses.details} == {stalled.pk: "stalled_failed", other.pk: "not_stalled"}
+
+
+def test_release_locks_by_hand_records_each():
+    batch = make_batch((10, 1, 1, 3, 2), idle=timedelta(minutes=5), lock_held_for=timedelta(minutes=5))
+    lock = GenerationLock.objects.get(lock_id=batch.lock_id)
+    report = services.release_locks(ids=[lock.pk, 987654])
+    assert report.locks.removed == 1 and report.locks.skipped_busy == 1
+    assert not GenerationLock.objects.filter(pk=lock.pk).exists()
+    record = RepairRecord.objects.get(kind="lock")
+    assert (record.rule, record.target_id) == ("released_by_hand", lock.pk)
+
+
+def test_window_is_the_parameter_not_a_constant():
+    batch = make_batch((4, 0, 0, 0, 0), idle=timedelta(minutes=40))
+    run_command("--stuck-after", "1h")
+    assert counters_of(batch).total_failed == 0
+    run_command("--stuck-after", "30m")
+    assert counters_of(batch).total_failed == 4
+
+
+def test_cutoff_is_reported_from_the_database_clock():
+    report, _ = run_command("--stuck-after", "90m")
+    assert report["stuck_after_s"] == 5400 and report["lock_ttl_s"] == int(WINDOW.total_seconds())
+    from datetime import datetime
+    now, cutoff = datetime.fromisoformat(report["now"]), datetime.fromisoformat(report["cutoff"])
+    assert now - cutoff == timedelta(minutes=90)
