@@ -3,7 +3,9 @@
 The schema check is tagged `database`, so it runs in `check --database` and
 also inside `migrate`, before migrating. It must never block the migration
 that creates the tables: while generation.0001 is not recorded as applied it
-only warns; once it is (applied or faked), a missing table or column, or a
+says nothing (migrate will create the tables) unless the backend's tables are
+already there, when it warns that `migrate --fake-initial` adopts them; once
+0001 is recorded (applied or faked), a missing table or column, or a
 column of another kind, is an error.
 """
 
@@ -25,12 +27,12 @@ class Messages:
         "generation.0001 is recorded as applied, so these tables should exist as the backend created them; "
         "see README.md, 'Attaching to an existing database'."
     )
-    NOT_MIGRATED_ID = "generation.W001"
-    NOT_MIGRATED = "The mirrored tables are not migrated on database {alias!r}."
-    NOT_MIGRATED_HINT = (
-        "Run `python manage.py migrate`, or `python manage.py migrate --fake-initial` "
-        "to adopt tables the Go backend already created."
+    NOT_ADOPTED_ID = "generation.W001"
+    NOT_ADOPTED = (
+        "The mirrored tables exist on database {alias!r} but generation.0001 is not recorded as applied: "
+        "a plain `migrate` would fail on them."
     )
+    NOT_ADOPTED_HINT = "Adopt the backend's tables with `python manage.py migrate --fake-initial`."
     LOG_DIR_ID = "generation.W002"
     LOG_DIR = "CLEANUP_LOG_FILE={path!r}: its folder is not writable, so the cron job's output would be lost."
     LOG_DIR_HINT = "Create the folder or point CLEANUP_LOG_FILE at a writable path."
@@ -101,21 +103,29 @@ def schema_problems(connection):
     return problems
 
 
+def _mirrored_tables_present(connection):
+    tables = set(connection.introspection.table_names())
+    return any(model._meta.db_table in tables for model in _mirrored_models())
+
+
 @checks.register(checks.Tags.database)
 def check_mirrored_tables(app_configs=None, databases=None, **kwargs):
     messages = []
     for alias in databases or []:
         connection = connections[alias]
         try:
-            applied = MigrationRecorder(connection).applied_migrations()
-            problems = schema_problems(connection) if ("generation", "0001_initial") in applied else None
+            if ("generation", "0001_initial") not in MigrationRecorder(connection).applied_migrations():
+                # Not migrated yet: `migrate` creates the tables, unless the backend already did.
+                if _mirrored_tables_present(connection):
+                    messages.append(checks.Warning(
+                        Messages.NOT_ADOPTED.format(alias=alias), hint=Messages.NOT_ADOPTED_HINT,
+                        id=Messages.NOT_ADOPTED_ID,
+                    ))
+                continue
+            problems = schema_problems(connection)
         except DatabaseError:
             continue  # an unreachable database is reported by whatever needed it, not here
-        if problems is None:
-            messages.append(checks.Warning(
-                Messages.NOT_MIGRATED.format(alias=alias), hint=Messages.NOT_MIGRATED_HINT, id=Messages.NOT_MIGRATED_ID,
-            ))
-        elif problems:
+        if problems:
             messages.append(checks.Error(
                 Messages.SCHEMA.format(alias=alias, problems="; ".join(problems)),
                 hint=Messages.SCHEMA_HINT, id=Messages.SCHEMA_ID,

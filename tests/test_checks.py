@@ -68,11 +68,17 @@ def test_faked_0001_without_tables_reports_E001_naming_each_table():
 
 
 @pytest.mark.postgres
-def test_unmigrated_database_gets_only_a_warning():
+def test_an_empty_database_gets_no_message_and_existing_tables_a_fake_initial_hint():
     with scratch_database() as url:
-        checked = manage("check", "--database", "default", env={"DATABASE_URL": url})
+        env = {"DATABASE_URL": url}
+        checked = manage("check", "--database", "default", env=env)
         assert checked.returncode == 0
-        assert "generation.W001" in checked.stderr + checked.stdout
+        assert "generation.W" not in checked.stderr + checked.stdout
+        with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+            conn.execute((ROOT / "tests" / "backend_schema.sql").read_text())
+        checked = manage("check", "--database", "default", env=env)
+        assert checked.returncode == 0
+        assert "generation.W001" in checked.stderr and "migrate --fake-initial" in checked.stderr
 
 
 @pytest.mark.postgres
