@@ -61,6 +61,13 @@ class GenerationStatus(models.Model):
         indexes = [
             models.Index(fields=["account_id"], name="agstatus_account_id_idx"),
             models.Index(fields=["lock_id"], name="agstatus_lock_id_idx"),
+            # 0003, the cleanup's candidate scan (status IN ... AND updated_at < cutoff AND id > last ORDER BY id):
+            # only the in-progress rows, keyed by id so each keyset page is a short range scan. Not on
+            # updated_at: the backend sets it on every save, and an indexed updated_at would make all its
+            # counter updates non-HOT (measured: docs/benchmarks.md, "Index choice").
+            models.Index(
+                fields=["id"], name="agstatus_in_progress_idx", condition=models.Q(status__in=IN_PROGRESS_STATUSES),
+            ),
         ]
         permissions = [("repair_generationstatus", "Can repair stuck generation statuses")]
 
@@ -82,6 +89,7 @@ class GenerationLock(models.Model):
         verbose_name = "generation lock"
         indexes = [
             models.Index(fields=["account_id"], name="aglocks_account_id_idx"),
+            models.Index(fields=["locked_at"], name="aglocks_locked_at_idx"),  # 0003, the expired-lock scan
         ]
         constraints = [
             models.UniqueConstraint(fields=["account_id", "content_type"], name="idx_account_content_type"),
