@@ -18,3 +18,20 @@ def pytest_runtest_setup(item):
         if IN_CI:
             pytest.fail(f"{reason}; under CI=true this is a failure, not a skip")
         pytest.skip(reason)
+
+
+def pytest_terminal_summary(terminalreporter):
+    # Figures a test records with record_property("figures", text) (the soak's batches, increments, runs,
+    # repairs, lost increments) are printed at the end of every run, so CI logs show them without -s.
+    lines = [
+        f"{report.nodeid}: {value}"
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if report.when == "call"
+        for name, value in report.user_properties
+        if name == "figures"
+    ]
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.write_line(line)
