@@ -52,3 +52,38 @@ serve: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) db.sqlite3 logs .pytest_cache .ruff_cache .hypothesis
+
+# --- The schedule (docs/operations.md, "Via cron") ------------------------------
+# django-crontab writes the crontab line; these targets add what it lacks: a loud failure when
+# there is no crontab command (`crontab add` exits 0 then), installing from the environment cron
+# will have (env -i: only .env, or the file ENV_FILE names, counts, as it will under cron), and a
+# check of what actually landed in `crontab -l`. Only lines tagged with CRONTAB_COMMENT are touched.
+CRONTAB ?= crontab
+CRON_ENV = env -i PATH=/usr/bin:/bin HOME="$$HOME" $${ENV_FILE:+ENV_FILE="$$ENV_FILE"} CRONTAB_EXECUTABLE="$$crontab"
+CRON_FIND = crontab=$$(command -v $(CRONTAB)) \
+	|| { echo "$@: no '$(CRONTAB)' command: install cron first (Debian: apt-get install cron)" >&2; exit 1; }; \
+	comment=$$($(CRON_ENV) $(MANAGE) shell --no-imports -c "from django.conf import settings; print(settings.CRONTAB_COMMENT)") \
+	|| exit 1; \
+	lines() { "$$crontab" -l 2>/dev/null \
+		| awk -v tag="\# $$comment" 'length($$0) >= length(tag) && substr($$0, length($$0) - length(tag) + 1) == tag'; }
+
+.PHONY: cron-install cron-show cron-remove
+
+cron-install: $(VENV)/.installed
+	@$(CRON_FIND); \
+	$(CRON_ENV) $(MANAGE) crontab add --verbosity 0 || exit 1; \
+	installed=$$(lines); \
+	[ -n "$$installed" ] || { echo "$@: no line tagged '# $$comment' in the crontab after crontab add" >&2; exit 1; }; \
+	echo "Installed in $$(id -un)'s crontab:"; echo "$$installed"
+
+cron-show: $(VENV)/.installed
+	@$(CRON_FIND); \
+	installed=$$(lines); \
+	[ -n "$$installed" ] || { echo "$@: no line tagged '# $$comment' in $$(id -un)'s crontab (make cron-install)" >&2; exit 1; }; \
+	echo "$$installed"
+
+cron-remove: $(VENV)/.installed
+	@$(CRON_FIND); \
+	$(CRON_ENV) $(MANAGE) crontab remove --verbosity 0 || exit 1; \
+	[ -z "$$(lines)" ] || { echo "$@: lines tagged '# $$comment' are still in the crontab" >&2; exit 1; }; \
+	echo "Removed the lines tagged '# $$comment' from $$(id -un)'s crontab."

@@ -6,6 +6,9 @@ configuration as an interactive shell. Real environment variables win over it.
 Every variable is listed, with its default, in README.md ("Configuration").
 """
 
+import os
+import shlex
+import sys
 from pathlib import Path
 
 import environ
@@ -129,7 +132,35 @@ CLEANUP_BATCH_SIZE = env.str("CLEANUP_BATCH_SIZE", default="500")
 CLEANUP_LOCK_TIMEOUT = env.str("CLEANUP_LOCK_TIMEOUT", default="5s")
 CLEANUP_STATEMENT_TIMEOUT = env.str("CLEANUP_STATEMENT_TIMEOUT", default="60s")
 CLEANUP_SCHEDULE = env.str("CLEANUP_SCHEDULE", default="*/30 * * * *")
-CLEANUP_LOG_FILE = env.str("CLEANUP_LOG_FILE", default=str(BASE_DIR / "logs" / "cleanup.log"))
+# A relative path would resolve against the working directory ($HOME under cron): anchor it to
+# the project root (an absolute path stays as it is).
+CLEANUP_LOG_FILE = str(BASE_DIR / env.str("CLEANUP_LOG_FILE", default="logs/cleanup.log"))
+
+# --- The schedule (django-crontab; docs/operations.md, "Via cron") ---------
+# `manage.py crontab add` (make cron-install) writes one line into the user's crontab:
+#   SCHEDULE mkdir -p LOGDIR && [ENV_FILE=...] PYTHON MANAGE_PY crontab run HASH --settings=M >> LOG 2>&1 # COMMENT
+# cron runs it with PATH=/usr/bin:/bin from $HOME, so every path in it is absolute, and the
+# configuration comes from .env (read by absolute path) or the ENV_FILE named at install time.
+# HASH is an md5 of the CRONJOBS entry, looked up again by the runner in the settings it reads
+# under cron: install from the environment cron will have (make cron-install does, with env -i).
+# The redirect catches what the job cannot log itself (start-up errors, the runner's tracebacks);
+# mkdir -p first, because a missing log folder would stop the shell before the job even starts.
+CRONJOBS = [
+    (" ".join(CLEANUP_SCHEDULE.split()), "generation.cron.run_cleanup", f">> {shlex.quote(CLEANUP_LOG_FILE)} 2>&1"),
+]
+CRONTAB_LOCK_JOBS = True  # the runner flocks /tmp/django_crontab_HASH.lock: an overrunning job is not started twice
+# Tags this project's lines, so `crontab add/remove` never touches other lines; the project path
+# in it keeps two checkouts on one host apart.
+CRONTAB_COMMENT = env.str("CRONTAB_COMMENT", default=f"butter_admin cleanup_stuck_generation {BASE_DIR}")
+CRONTAB_DJANGO_SETTINGS_MODULE = os.environ.get("DJANGO_SETTINGS_MODULE", "butter_admin.settings")
+CRONTAB_DJANGO_MANAGE_PATH = shlex.quote(str(BASE_DIR / "manage.py"))
+# The interpreter that installs the schedule (the virtualenv's, by absolute path) also runs it.
+CRONTAB_PYTHON_EXECUTABLE = shlex.quote(env.str("CRONTAB_PYTHON_EXECUTABLE", default=sys.executable))
+CRONTAB_EXECUTABLE = env.str("CRONTAB_EXECUTABLE", default="/usr/bin/crontab")
+_ENV_FILE = env.str("ENV_FILE", default="")
+CRONTAB_COMMAND_PREFIX = f"mkdir -p {shlex.quote(str(Path(CLEANUP_LOG_FILE).parent))} &&" + (
+    f" ENV_FILE={shlex.quote(os.path.abspath(_ENV_FILE))}" if _ENV_FILE else ""
+)
 
 # --- Logging --------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()

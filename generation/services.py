@@ -680,6 +680,11 @@ def cleanup(
         except CleanupAborted as exc:
             report.error(str(exc))
             raise
+        except Exception as exc:
+            # anything else escaping a page (a bug, a failing query between pages) must not leave
+            # the run row saying ok: cron's runner swallows the exception, the row is what remains
+            report.error(f"run aborted: {type(exc).__name__}: {_one_line(exc)}")
+            raise
         finally:
             report.duration_s = time.monotonic() - started
             if run is not None:
