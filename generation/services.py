@@ -302,11 +302,15 @@ class _PageResult:
 def _run_page(report, totals, what, work):
     """One page = one transaction. A page that fails is rolled back, reported and left for the next
     run; the run goes on, unless the connection itself is gone. Returns the page's result or None."""
+    connection.ensure_connection()
+    session = connection.connection
     try:
         with transaction.atomic():
             result = work()
     except DatabaseError as exc:
-        if not connection.is_usable():
+        # When the commit or rollback fails on a dead connection, atomic() closes it and Django silently
+        # opens a new one: that session does not hold the run's advisory lock, so the run must stop.
+        if connection.connection is not session or not connection.is_usable():
             raise CleanupAborted(f"lost the database connection during the run ({_one_line(exc)})") from exc
         totals.failed_batches += 1
         report.error(f"{what}: rolled back, left for the next run ({_one_line(exc)})")
@@ -680,6 +684,14 @@ def cleanup(
         except CleanupAborted as exc:
             report.error(str(exc))
             raise
+        except DatabaseError as exc:
+            if connection.is_usable():
+                report.error(f"run aborted: {type(exc).__name__}: {_one_line(exc)}")
+                raise
+            # lost between two pages (selecting the next page): the same one-line abort as inside a page
+            aborted = CleanupAborted(f"lost the database connection during the run ({_one_line(exc)})")
+            report.error(str(aborted))
+            raise aborted from exc
         except Exception as exc:
             # anything else escaping a page (a bug, a failing query between pages) must not leave
             # the run row saying ok: cron's runner swallows the exception, the row is what remains

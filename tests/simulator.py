@@ -364,3 +364,9 @@ def conninfo_from_django(connection) -> dict:
     if s.get("PASSWORD"):
         info["password"] = s["PASSWORD"]
     return info
+
+
+def backend_connection(connection, **kwargs):
+    """One more connection to the same database, as another process of the backend would hold (autocommit)."""
+    return psycopg.connect(**conninfo_from_django(connection), application_name="backend_sim", autocommit=True,
+                           **kwargs)
