@@ -1,0 +1,617 @@
+"""The admin: list pages, filters and actions over services (repairs) and health (read-only queries).
+
+No repair is computed here. The actions call services.repair_selected() and
+services.release_locks() (whose dry run is the confirmation page's preview),
+which record every change as a RepairRecord in a CleanupRun with trigger
+`admin` and the acting user; this module adds Django's own LogEntry for each
+changed row and tells the user what happened.
+
+The mirrored tables belong to the backend: nobody adds, edits or deletes their
+rows here, because a free edit would bypass the audit trail the repairs keep.
+"""
+
+from collections import Counter
+from datetime import timedelta
+
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.contrib.contenttypes.models import ContentType as DjangoContentType
+from django.core.exceptions import PermissionDenied
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.translation import ngettext
+
+from . import health, rules, services
+from .conf import job_settings
+from .models import CleanupRun, GenerationLock, GenerationStatus, RecordKind, RepairRecord
+from .report import format_duration
+from .services import COUNTER_FIELDS, Mode
+
+# A confirmation page posts one field per selected row back; Django refuses a request with more
+# than DATA_UPLOAD_MAX_NUMBER_FIELDS (1000) fields, so a larger selection is refused up front.
+CONFIRM_MAX = 500
+RUN_PAGE_RECORDS = 200  # records listed on a run's page; the rest are one link away
+COUNTER_LABELS = dict(zip(COUNTER_FIELDS, "TQPCF", strict=True))
+LEFT_ALONE = {  # StatusDetail.rule for a selected row that was not eligible -> how the message says it
+    "not_stuck": "not stuck", "not_stalled": "not stalled", "finished": "finished",
+}
+
+# The admin's own admin/index.html is found before ours (django.contrib.admin precedes generation in
+# INSTALLED_APPS), so the Health link reaches the index through the site's index_template instead.
+admin.site.index_template = "admin/generation/index.html"
+
+
+def _now(request):
+    """The database clock, read once per request: every row of a page is judged against the same instant."""
+    if not hasattr(request, "_generation_now"):
+        request._generation_now = services.database_now()
+    return request._generation_now
+
+
+def _counters(snapshot) -> str:
+    return "/".join("NULL" if snapshot.get(name) is None else str(snapshot[name]) for name in COUNTER_FIELDS)
+
+
+# --- Messages ----------------------------------------------------------------------------------
+
+
+def repair_message(report: services.CleanupReport) -> tuple[int, str]:
+    """(level, text) for a repair action, e.g. "3 generations repaired: 2 all_accounted, 1 no_active_tasks;
+    1 not stuck, left alone". A dry run (the confirmation page) says "to repair"."""
+    s = report.statuses
+    done = "to repair" if report.dry_run else "repaired"
+    if s.repaired:
+        head = ngettext("%(count)d generation %(done)s", "%(count)d generations %(done)s", s.repaired) % {
+            "count": s.repaired, "done": done}
+        head += ": " + ", ".join(f"{s.by_rule[rule]} {rule}" for rule in rules.REPAIRS if s.by_rule[rule])
+    else:
+        head = f"No generation {done}"
+    parts = [head]
+    if s.locks_released:
+        released = "to release" if report.dry_run else "released"
+        parts.append(ngettext("%(count)d lock %(done)s with its batch", "%(count)d locks %(done)s with their batches",
+                              s.locks_released) % {"count": s.locks_released, "done": released})
+    if s.stalled:
+        # without an age window (force) a batch with work in flight may just be running
+        parts.append(f"{s.stalled} stalled (work in flight, no progress), not changed" if report.cutoff else
+                     f"{s.stalled} with work in flight (stalled or running), not changed")
+    if s.corrupt:
+        parts.append(f"{s.corrupt} corrupt (negative or NULL counters), not changed: fix by hand")
+    reasons = Counter(detail.rule for detail in s.details if detail.rule in LEFT_ALONE)
+    for reason, label in LEFT_ALONE.items():
+        if reasons[reason]:
+            parts.append(f"{reasons[reason]} {label}, left alone")
+    unexplained = s.left_alone - sum(reasons.values())  # details are capped; the total is not
+    if unexplained > 0:
+        parts.append(f"{unexplained} more left alone")
+    if s.skipped_busy:
+        parts.append(ngettext("%(count)d busy or gone (a worker holds the row), skipped",
+                              "%(count)d busy or gone (a worker holds the rows), skipped",
+                              s.skipped_busy) % {"count": s.skipped_busy})
+    if s.failed_batches:
+        level = messages.ERROR
+    elif not s.repaired or s.corrupt:
+        level = messages.WARNING
+    else:
+        level = messages.SUCCESS
+    return level, "; ".join(parts)
+
+
+def release_message(report: services.CleanupReport) -> tuple[int, str]:
+    locks = report.locks
+    if locks.removed:
+        parts = [ngettext("%(count)d lock released", "%(count)d locks released", locks.removed) % {
+            "count": locks.removed}]
+    else:
+        parts = ["No lock released"]
+    if locks.skipped_busy:
+        parts.append(ngettext("%(count)d busy or already gone, skipped", "%(count)d busy or already gone, skipped",
+                              locks.skipped_busy) % {"count": locks.skipped_busy})
+    if locks.failed_batches:
+        level = messages.ERROR
+    else:
+        level = messages.SUCCESS if locks.removed else messages.WARNING
+    return level, "; ".join(parts)
+
+
+# --- Django's admin log, mirroring the run's records -------------------------------------------
+
+
+def _log_entry(record: RepairRecord, user_id, content_types) -> LogEntry:
+    if record.kind == RecordKind.STATUS:
+        b, a = record.before, record.after
+        obj = GenerationStatus(id=record.target_id, account_id=record.account_id, content_type=record.content_type,
+                               **{name: a[name] for name in ("status", *COUNTER_FIELDS)})
+        message = (f"Repaired by rule {record.rule} (cleanup run #{record.run_id}): T/Q/P/C/F {_counters(b)} "
+                   f"{b['status']} -> {_counters(a)} {a['status']}")
+        flag, model = CHANGE, GenerationStatus
+    else:
+        obj = GenerationLock(id=record.target_id, account_id=record.account_id, content_type=record.content_type,
+                             lock_id=record.before["lock_id"])
+        message = f"Deleted: {record.rule.replace('_', ' ')} (cleanup run #{record.run_id})"
+        flag, model = DELETION, GenerationLock
+    return LogEntry(user_id=user_id, content_type_id=content_types[model].pk, object_id=str(record.target_id),
+                    object_repr=str(obj)[:200], action_flag=flag, change_message=message)
+
+
+def log_run(request, run_id):
+    """One LogEntry per row the run changed (the records say which), in one INSERT."""
+    if run_id is None:
+        return
+    records, _ = health.run_records(run_id)
+    content_types = DjangoContentType.objects.get_for_models(GenerationStatus, GenerationLock)
+    LogEntry.objects.bulk_create([_log_entry(record, request.user.pk, content_types) for record in records])
+
+
+# --- Generation statuses -----------------------------------------------------------------------
+
+
+class StuckFilter(admin.SimpleListFilter):
+    title = "stuck"
+    parameter_name = "stuck"
+
+    def lookups(self, request, model_admin):
+        window = format_duration(job_settings().stuck_after)
+        return [
+            ("yes", f"stuck (idle over {window})"),
+            *[(rule.value, f"stuck: {rule}") for rule in health.STUCK_RULES],
+            ("no", "not stuck"),
+        ]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value is None:
+            return queryset
+        cutoff = _now(request) - job_settings().stuck_after
+        if value == "no":
+            return health.filter_not_stuck(queryset, cutoff=cutoff)
+        rule = None if value == "yes" else value
+        if rule is not None and rule not in health.STUCK_RULES:
+            return queryset.none()
+        return health.filter_stuck(queryset, cutoff=cutoff, rule=rule)
+
+
+@admin.register(GenerationStatus)
+class GenerationStatusAdmin(admin.ModelAdmin):
+    list_display = ("id", "account_id", "content_type", "status", "progress", "queued", "processing", "completed",
+                    "failed", "updated", "diagnosis")
+    list_filter = (StuckFilter, "status", "content_type", "updated_at")
+    search_fields = ("account_id", "lock_id")
+    search_help_text = "An account id, or a lock id (exact)."
+    # the primary key's index: the table is large and has no index on updated_at
+    ordering = ("-id",)
+    list_per_page = 100
+    show_full_result_count = False  # spares a COUNT(*) of the whole table on every filtered page
+    actions = ("repair_stuck", "force_repair", "fail_stalled")
+    fieldsets = (
+        (None, {"fields": ("id", "account_id", "content_type", "status", "diagnosis", "lock_id", "repairs")}),
+        ("Counters (owned by the backend; changed here only by the repair actions)", {
+            "fields": ("total_requested", "total_queued", "total_processing", "total_completed", "total_failed")}),
+        ("Times", {"fields": ("created_at", "started_at", "updated_at", "completed_at")}),
+        ("Error", {"fields": ("error_code", "error_message")}),
+    )
+    readonly_fields = ("diagnosis", "repairs")
+
+    # The backend owns these rows: viewing only, changes through the actions.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_repair_permission(self, request):
+        return request.user.has_perm("generation.repair_generationstatus")
+
+    def get_queryset(self, request):
+        return health.statuses_for_list(super().get_queryset(request), now=_now(request),
+                                        stuck_after=job_settings().stuck_after)
+
+    def get_search_results(self, request, queryset, search_term):
+        if not search_term.strip():
+            return queryset, False
+        return health.search_statuses(queryset, search_term), False
+
+    def get_urls(self):
+        return [
+            path("health/", self.admin_site.admin_view(self.health_view), name="generation_health"),
+            *super().get_urls(),
+        ]
+
+    # --- columns
+
+    @admin.display(description="progress", ordering="total_completed")
+    def progress(self, obj):
+        done = (obj.total_completed or 0) + (obj.total_failed or 0)
+        total = obj.total_requested
+        percent = 0 if not total or total <= 0 else max(0, min(100, round(100 * done / total)))
+        return format_html(
+            '<span class="gen-progress" title="C+F {} of T {}"><span style="width: {}%"></span></span> {}/{}',
+            done, total, percent, done, total)
+
+    def _counter(self, value):
+        if value is None or value < 0:
+            return format_html('<span class="gen-bad">{}</span>', "NULL" if value is None else value)
+        return value
+
+    @admin.display(description="Q", ordering="total_queued")
+    def queued(self, obj):
+        return self._counter(obj.total_queued)
+
+    @admin.display(description="P", ordering="total_processing")
+    def processing(self, obj):
+        return self._counter(obj.total_processing)
+
+    @admin.display(description="C", ordering="total_completed")
+    def completed(self, obj):
+        return self._counter(obj.total_completed)
+
+    @admin.display(description="F", ordering="total_failed")
+    def failed(self, obj):
+        return self._counter(obj.total_failed)
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, obj):
+        if obj.updated_at is None:
+            return "never"
+        ago = format_duration(max(obj.checked_at - obj.updated_at, timedelta(0)))
+        return format_html('<span title="{}">{} ago</span>', obj.updated_at.isoformat(timespec="seconds"), ago)
+
+    @admin.display(description="diagnosis")
+    def diagnosis(self, obj):
+        verdict = rules.diagnose(rules.Counters.of(obj), obj.status, stuck=bool(getattr(obj, "is_stuck", False)))
+        return format_html('<span class="gen-diagnosis gen-{}">{}</span>', verdict, verdict)
+
+    @admin.display(description="repair history")
+    def repairs(self, obj):
+        url = reverse("admin:generation_repairrecord_changelist")
+        return format_html('<a href="{}?kind={}&amp;target_id={}">repairs of this batch</a>', url,
+                           RecordKind.STATUS.value, obj.pk)
+
+    # --- actions
+
+    def _require_repair(self, request):
+        # get_actions() already hides the actions without the permission; this guards the call itself
+        if not self.has_repair_permission(request):
+            raise PermissionDenied
+
+    def _gone(self, request):
+        # the selected rows vanished since the page was shown: no run is recorded for nothing
+        self.message_user(request, "None of the selected generations is there any more.", messages.WARNING)
+
+    def _done(self, request, report):
+        log_run(request, report.run_id)
+        level, text = repair_message(report)
+        self.message_user(request, text, level)
+        if report.statuses.failed_batches:
+            self.message_user(request, "Rolled back: " + " | ".join(report.errors), messages.ERROR)
+
+    @admin.action(description="Repair selected stuck generations", permissions=["repair"])
+    def repair_stuck(self, request, queryset):
+        self._require_repair(request)
+        ids = list(queryset.values_list("pk", flat=True))
+        if not ids:
+            return self._gone(request)
+        self._done(request, services.repair_selected(ids=ids, mode=Mode.SCHEDULED, actor=request.user))
+
+    @admin.action(description="Force repair selected generations (ignore the age window)…", permissions=["repair"])
+    def force_repair(self, request, queryset):
+        return self._confirmed_repair(
+            request, queryset, Mode.FORCE, "force_repair", title="Force repair generations",
+            intro="The repair rules will be applied to these batches whatever their age, as if their workers were "
+                  "known to be dead. Stalled and corrupt batches are not changed.")
+
+    @admin.action(description="Fail selected stalled generations…", permissions=["repair"])
+    def fail_stalled(self, request, queryset):
+        return self._confirmed_repair(
+            request, queryset, Mode.FAIL_STALLED, "fail_stalled", title="Fail stalled generations",
+            intro="The tasks still queued or processing in these stalled batches will be counted as failed and the "
+                  "batches finished, whatever their age. Only stalled batches are changed.")
+
+    def _confirmed_repair(self, request, queryset, mode, action, *, title, intro):
+        """Django's delete_selected pattern: a preview first (the service's dry run), the change on the second POST."""
+        self._require_repair(request)
+        ids = list(queryset.values_list("pk", flat=True))
+        if not ids:
+            return self._gone(request)
+        if len(ids) > CONFIRM_MAX:
+            self.message_user(request, f"Select at most {CONFIRM_MAX} generations for this action "
+                                       f"({len(ids)} selected).", messages.ERROR)
+            return None
+        if request.POST.get("post") == "yes":
+            self._done(request, services.repair_selected(ids=ids, mode=mode, actor=request.user))
+            return None
+        preview = services.repair_selected(ids=ids, mode=mode, actor=request.user, dry_run=True)
+        changes = [_status_change_row(d) for d in preview.statuses.details if d.rule in rules.REPAIRS]
+        unchanged = [_status_change_row(d) for d in preview.statuses.details if d.rule not in rules.REPAIRS]
+        _level, summary = repair_message(preview)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "subtitle": None,
+            "intro": intro,
+            "summary": summary,
+            "changes": changes,
+            "unchanged": unchanged,
+            "locks_released": preview.statuses.locks_released,
+            "ids": ids,
+            "action": action,
+            "opts": self.opts,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/generation/repair_confirmation.html", context)
+
+    # --- the health page
+
+    def health_view(self, request):
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Generation health",
+            "subtitle": None,
+            "health": health.overview(),
+            "opts": self.opts,
+            "stuck_rules": health.STUCK_RULES,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/generation/health.html", context)
+
+
+def _status_change_row(detail: services.StatusDetail) -> dict:
+    """One row of the confirmation table: status and each counter before and after, the changed ones marked."""
+    b, a = detail.before, detail.after
+    cells = [{"label": COUNTER_LABELS[name], "before": b[name], "after": a[name], "changed": b[name] != a[name]}
+             for name in COUNTER_FIELDS]
+    return {
+        "detail": detail,
+        "rule": detail.rule.replace("_", " ") if detail.rule in LEFT_ALONE else detail.rule,
+        "status_before": b["status"], "status_after": a["status"], "status_changed": b["status"] != a["status"],
+        "cells": cells,
+        "idle": format_duration(detail.idle_s) if detail.idle_s is not None else "never updated",
+    }
+
+
+# --- Generation locks --------------------------------------------------------------------------
+
+
+class ExpiredFilter(admin.SimpleListFilter):
+    title = "expired"
+    parameter_name = "expired"
+
+    def lookups(self, request, model_admin):
+        ttl = format_duration(job_settings().lock_ttl)
+        return [("yes", f"expired (held over {ttl})"), ("no", "not expired")]
+
+    def queryset(self, request, queryset):
+        if self.value() not in ("yes", "no"):
+            return queryset
+        return health.filter_expired(queryset, cutoff=_now(request) - job_settings().lock_ttl,
+                                     expired=self.value() == "yes")
+
+
+@admin.register(GenerationLock)
+class GenerationLockAdmin(admin.ModelAdmin):
+    list_display = ("lock_id", "account_id", "content_type", "locked_at", "age", "expired", "batch")
+    list_filter = (ExpiredFilter, "content_type")
+    search_fields = ("account_id", "lock_id")
+    search_help_text = "An account id, or a lock id (exact)."
+    ordering = ("locked_at", "id")  # the oldest, most suspicious first
+    list_per_page = 100
+    show_full_result_count = False
+    actions = ("release_selected",)
+    fields = ("id", "lock_id", "account_id", "content_type", "locked_at", "created_at", "age", "expired", "batch")
+    readonly_fields = ("age", "expired", "batch")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_release_permission(self, request):
+        return request.user.has_perm("generation.release_generationlock")
+
+    def get_queryset(self, request):
+        return health.locks_for_list(super().get_queryset(request), now=_now(request))
+
+    def get_search_results(self, request, queryset, search_term):
+        if not search_term.strip():
+            return queryset, False
+        return health.search_locks(queryset, search_term), False
+
+    @admin.display(description="age", ordering="locked_at")
+    def age(self, obj):
+        return format_duration(max(obj.checked_at - obj.locked_at, timedelta(0)))
+
+    @admin.display(description="expired", boolean=True)
+    def expired(self, obj):
+        return obj.locked_at < obj.checked_at - job_settings().lock_ttl
+
+    @admin.display(description="batch")
+    def batch(self, obj):
+        if obj.batch_id is None:
+            return "none refers to it"
+        url = reverse("admin:generation_generationstatus_change", args=[obj.batch_id])
+        moved = (f"moved {format_duration(max(obj.checked_at - obj.batch_updated_at, timedelta(0)))} ago"
+                 if obj.batch_updated_at else "never moved")
+        return format_html('<a href="{}">#{}</a> {}, {}', url, obj.batch_id, obj.batch_status, moved)
+
+    @admin.action(description="Release selected locks…", permissions=["release"])
+    def release_selected(self, request, queryset):
+        if not self.has_release_permission(request):
+            raise PermissionDenied
+        ids = list(queryset.values_list("pk", flat=True))
+        if not ids:
+            self.message_user(request, "None of the selected locks is there any more.", messages.WARNING)
+            return None
+        if len(ids) > CONFIRM_MAX:
+            self.message_user(request, f"Select at most {CONFIRM_MAX} locks for this action ({len(ids)} selected).",
+                              messages.ERROR)
+            return None
+        if request.POST.get("post") == "yes":
+            report = services.release_locks(ids=ids, actor=request.user)
+            log_run(request, report.run_id)
+            level, text = release_message(report)
+            self.message_user(request, text, level)
+            if report.locks.failed_batches:
+                self.message_user(request, "Rolled back: " + " | ".join(report.errors), messages.ERROR)
+            return None
+        preview = services.release_locks(ids=ids, actor=request.user, dry_run=True)
+        stuck_after = job_settings().stuck_after.total_seconds()
+        rows = [_lock_row(detail, stuck_after) for detail in preview.locks.details]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Release generation locks",
+            "subtitle": None,
+            "rows": rows,
+            "progressing": sum(1 for row in rows if row["progressing"]),
+            "ids": ids,
+            "action": "release_selected",
+            "opts": self.opts,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/generation/release_confirmation.html", context)
+
+
+def _lock_row(detail: services.LockDetail, stuck_after_s: float) -> dict:
+    """A lock on the confirmation page; flagged when its batch is in progress and moved within the stuck window:
+    releasing it lets a second batch start for the same account and content type while this one still runs."""
+    progressing = (detail.batch_status in rules.IN_PROGRESS and detail.batch_idle_s is not None
+                   and detail.batch_idle_s < stuck_after_s)
+    if detail.batch_id is None:
+        batch = "no batch refers to it"
+    elif detail.batch_idle_s is None:
+        batch = f"batch #{detail.batch_id} {detail.batch_status}, never moved"
+    else:
+        batch = f"batch #{detail.batch_id} {detail.batch_status}, moved {format_duration(detail.batch_idle_s)} ago"
+    return {"detail": detail, "age": format_duration(detail.age_s), "batch": batch, "progressing": progressing}
+
+
+# --- History: read-only for everyone -----------------------------------------------------------
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Audit rows are written once by services.py and never edited, even by a superuser."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(CleanupRun)
+class CleanupRunAdmin(ReadOnlyAdmin):
+    list_display = ("id", "started_at", "trigger", "actor", "outcome_label", "examined", "repaired_total", "stalled",
+                    "corrupt", "locks_removed", "locks_released", "duration")
+    list_filter = ("trigger", "outcome", "dry_run", "started_at")
+    list_select_related = ("actor",)
+    ordering = ("-started_at", "-id")
+    list_per_page = 100
+    fieldsets = (
+        (None, {"fields": ("id", "trigger", "actor", "outcome_label", "error", "started_at", "finished_at", "duration",
+                           "dry_run", "host", "pid")}),
+        ("Parameters", {"fields": ("stuck_after", "lock_ttl", "fail_stalled_after", "batch_size", "filters")}),
+        ("Counts", {"fields": ("examined", "repaired_all_accounted", "repaired_no_active_tasks",
+                               "repaired_counter_overflow", "repaired_stalled_failed", "stalled", "corrupt",
+                               "skipped_busy", "locks_expired", "locks_removed", "locks_released")}),
+    )
+    readonly_fields = ("outcome_label", "duration")
+
+    @admin.display(description="outcome", ordering="outcome")
+    def outcome_label(self, obj):
+        return obj.outcome or "unfinished"
+
+    @admin.display(description="repaired")
+    def repaired_total(self, obj):
+        return obj.repaired
+
+    @admin.display(description="duration")
+    def duration(self, obj):
+        if obj.finished_at is None or obj.started_at is None:
+            return "-"
+        seconds = (obj.finished_at - obj.started_at).total_seconds()
+        return f"{seconds:.2f}s" if seconds < 60 else format_duration(seconds)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        records, count = health.run_records(int(object_id), limit=RUN_PAGE_RECORDS) if object_id.isdigit() else ([], 0)
+        extra_context = {
+            **(extra_context or {}), "records": [_record_row(r) for r in records], "records_count": count,
+            "records_url": reverse("admin:generation_repairrecord_changelist") + f"?run__id__exact={object_id}",
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+def _record_row(record: RepairRecord) -> dict:
+    if record.kind == RecordKind.STATUS:
+        b, a = record.before, record.after
+        change = f"{b['status']} {_counters(b)} -> {a['status']} {_counters(a)}"
+    else:
+        change = f"lock {record.before.get('lock_id')} deleted"
+    return {"record": record, "change": change}
+
+
+@admin.register(RepairRecord)
+class RepairRecordAdmin(ReadOnlyAdmin):
+    list_display = ("id", "created_at", "rule", "kind", "target", "account_id", "content_type", "actor", "run_link")
+    list_filter = ("rule", "kind", "run__trigger", "run__outcome", "content_type", "created_at")
+    list_select_related = ("run", "actor")
+    search_fields = ("account_id",)
+    search_help_text = "An account id."
+    ordering = ("-created_at", "-id")
+    list_per_page = 100
+    fields = ("id", "created_at", "rule", "kind", "target", "account_id", "content_type", "actor", "run_link",
+              "undo_of")
+    readonly_fields = ("target", "run_link")
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return (queryset.filter(account_id=int(term)) if term.isdigit() else queryset.none()), False
+
+    @admin.display(description="target", ordering="target_id")
+    def target(self, obj):
+        if obj.kind == RecordKind.LOCK:
+            return f"lock #{obj.target_id} {obj.before.get('lock_id', '')}"
+        url = reverse("admin:generation_generationstatus_change", args=[obj.target_id])
+        return format_html('<a href="{}">batch #{}</a>', url, obj.target_id)
+
+    @admin.display(description="run", ordering="run_id")
+    def run_link(self, obj):
+        url = reverse("admin:generation_cleanuprun_change", args=[obj.run_id])
+        return format_html('<a href="{}">#{} {}</a>', url, obj.run_id, obj.run.trigger)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        record = self.get_object(request, object_id)
+        extra_context = {**(extra_context or {}), "comparison": _comparison(record) if record else []}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+def _comparison(record: RepairRecord) -> list[dict]:
+    """Each field before and after, side by side; a deleted row (a released lock) has no after."""
+    before, after = record.before or {}, record.after
+    names = list(before) + [name for name in (after or {}) if name not in before]
+    return [
+        {
+            "name": name,
+            "before": before.get(name),
+            "after": "(deleted)" if after is None else after.get(name),
+            "changed": after is None or before.get(name) != after.get(name),
+        }
+        for name in names
+    ]
+

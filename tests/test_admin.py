@@ -1,0 +1,568 @@
+"""The admin through Django's test client: lists, filters, actions, permissions, confirmations, history pages."""
+
+import itertools
+import re
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.contrib.auth.models import Permission
+from django.core.exceptions import PermissionDenied
+from django.db import connection
+from django.test import RequestFactory
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from generation import admin as generation_admin
+from generation import services
+from generation.models import (
+    CleanupRun,
+    GenerationLock,
+    GenerationStatus,
+    RecordKind,
+    RecordRule,
+    RepairRecord,
+    Trigger,
+)
+
+pytestmark = pytest.mark.django_db
+
+STUCK = timedelta(hours=3, minutes=1)  # a minute outside the default 3h window
+FRESH = timedelta(hours=2, minutes=59)  # a minute inside it
+ACCOUNTS = itertools.count(1000)
+STATUSES_URL = reverse("admin:generation_generationstatus_changelist")
+LOCKS_URL = reverse("admin:generation_generationlock_changelist")
+HEALTH_URL = reverse("admin:generation_health")
+
+
+@pytest.fixture(autouse=True)
+def plain_http(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # test users, fast
+    # production hardening (settings.py, DEBUG off) would redirect the test client to https
+    settings.SECURE_SSL_REDIRECT = False
+    settings.GENERATION_STUCK_AFTER = "3h"
+    settings.GENERATION_LOCK_TTL = "3h"
+    settings.GENERATION_FAIL_STALLED_AFTER = ""
+
+
+def batch(t, q, p, c, f, *, status="processing", idle=STUCK, lock=False, lock_age=None, content_type="video"):
+    """A batch (T, Q, P, C, F) last updated `idle` ago; with `lock`, the lock it holds."""
+    now = timezone.now()
+    row = GenerationStatus.objects.create(
+        account_id=next(ACCOUNTS), content_type=content_type, status=status, total_requested=t, total_queued=q,
+        total_processing=p, total_completed=c, total_failed=f, created_at=now - idle - timedelta(minutes=30),
+        started_at=now - idle - timedelta(minutes=30), updated_at=now - idle, lock_id=str(uuid.uuid4()),
+    )
+    if lock:
+        GenerationLock.objects.create(
+            account_id=row.account_id, content_type=row.content_type, lock_id=row.lock_id,
+            locked_at=now - (lock_age or idle + timedelta(minutes=30)), created_at=now - idle,
+        )
+    return row
+
+
+def counters(row):
+    row.refresh_from_db()
+    return (row.total_requested, row.total_queued, row.total_processing, row.total_completed, row.total_failed,
+            row.status)
+
+
+def user_with(django_user_model, name, *codenames):
+    user = django_user_model.objects.create_user(name, password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="generation", codename__in=codenames))
+    return user
+
+
+VIEW = ("view_generationstatus", "view_generationlock", "view_cleanuprun", "view_repairrecord")
+
+
+@pytest.fixture
+def operator(django_user_model):
+    return user_with(django_user_model, "operator", *VIEW, "repair_generationstatus", "release_generationlock")
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    return user_with(django_user_model, "viewer", *VIEW)
+
+
+@pytest.fixture
+def operator_client(client, operator):
+    client.force_login(operator)
+    return client
+
+
+def act(client, url, action, rows, **extra):
+    data = {"action": action, ACTION_CHECKBOX_NAME: [row.pk for row in rows], **extra}
+    return client.post(url, data, follow=True)
+
+
+def row_html(html, pk):
+    """The change list's or a confirmation page's table row that links to object `pk`."""
+    [row] = [tr for tr in re.findall(r"<tr[^>]*>.*?</tr>", html, re.S) if re.search(rf"/{pk}/change/", tr)]
+    return row
+
+
+def messages_of(response):
+    return [(m.level_tag, m.message) for m in response.context["messages"]]
+
+
+def listed_ids(response):
+    return [obj.pk for obj in response.context["cl"].result_list]
+
+
+# --- The statuses list ----------------------------------------------------------------------------
+
+
+def test_list_shows_progress_counters_age_and_the_diagnosis_of_each_row(admin_client):
+    rows = {
+        "all_accounted": batch(10, 0, 2, 7, 3),
+        "no_active_tasks": batch(10, 0, 0, 6, 1),
+        "counter_overflow": batch(10, 2, 5, 6, 0),
+        "stalled": batch(10, 1, 1, 3, 2),
+        "corrupt": batch(3, 0, -1, 2, 0),
+        "healthy": batch(10, 0, 0, 6, 1, idle=FRESH),
+        "finished": batch(10, 0, 0, 10, 0, status="completed"),
+    }
+    response = admin_client.get(STATUSES_URL)
+    assert response.status_code == 200
+    html = response.content.decode()
+    for verdict, row in rows.items():
+        assert f'<span class="gen-diagnosis gen-{verdict}">{verdict}</span>' in row_html(html, row.pk), verdict
+    stalled_row = row_html(html, rows["stalled"].pk)
+    assert "5/10" in stalled_row and re.search(r">3h(1m)? ago<", stalled_row)
+    assert '<span class="gen-bad">-1</span>' in row_html(html, rows["corrupt"].pk)
+    assert f'href="{HEALTH_URL}"' in html
+
+
+def test_stuck_filter_by_rule_and_the_window_edge(admin_client):
+    stuck = batch(10, 0, 0, 10, 0)
+    inside = batch(10, 0, 0, 10, 0, idle=FRESH)
+    overflow = batch(10, 2, 5, 6, 0)
+    finished = batch(10, 0, 0, 10, 0, status="completed")
+    assert set(listed_ids(admin_client.get(STATUSES_URL + "?stuck=yes"))) == {stuck.pk, overflow.pk}
+    assert listed_ids(admin_client.get(STATUSES_URL + "?stuck=all_accounted")) == [stuck.pk]
+    assert listed_ids(admin_client.get(STATUSES_URL + "?stuck=counter_overflow")) == [overflow.pk]
+    assert listed_ids(admin_client.get(STATUSES_URL + "?stuck=stalled")) == []
+    assert set(listed_ids(admin_client.get(STATUSES_URL + "?stuck=no"))) == {inside.pk, finished.pk}
+
+
+def test_search_by_account_id_and_lock_id(admin_client):
+    a, b = batch(10, 0, 0, 10, 0), batch(10, 0, 0, 10, 0)
+    assert listed_ids(admin_client.get(STATUSES_URL, {"q": str(a.account_id)})) == [a.pk]
+    assert listed_ids(admin_client.get(STATUSES_URL, {"q": b.lock_id})) == [b.pk]
+    assert listed_ids(admin_client.get(STATUSES_URL, {"q": "no-such-lock"})) == []
+
+
+def _queries(client, url):
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url)
+    assert response.status_code == 200
+    return len(queries), len(response.context["cl"].result_list)
+
+
+@pytest.mark.parametrize("url", [
+    STATUSES_URL, STATUSES_URL + "?stuck=yes", STATUSES_URL + "?stuck=all_accounted&content_type__exact=video",
+    LOCKS_URL, LOCKS_URL + "?expired=yes",
+])
+def test_query_count_per_page_does_not_grow_with_the_rows(admin_client, url):
+    for _ in range(10):
+        batch(10, 0, 0, 10, 0, lock=True)
+    few, shown = _queries(admin_client, url)
+    assert shown == 10
+    for _ in range(90):
+        batch(10, 0, 0, 10, 0, lock=True)
+    many, shown = _queries(admin_client, url)
+    assert shown == 100
+    assert many == few
+
+
+@pytest.mark.parametrize("name", ["cleanuprun", "repairrecord"])
+def test_query_count_of_the_history_lists_does_not_grow_with_the_rows(admin_client, admin_user, name):
+    url = reverse(f"admin:generation_{name}_changelist")
+    for _ in range(10):
+        services.repair_selected(ids=[batch(10, 0, 0, 10, 0).pk], actor=admin_user)
+    few, shown = _queries(admin_client, url)
+    assert shown == 10
+    for _ in range(90):
+        services.repair_selected(ids=[batch(10, 0, 0, 10, 0).pk], actor=admin_user)
+    many, shown = _queries(admin_client, url)
+    assert shown == 100
+    assert many == few
+
+
+# --- Mirrored rows: no add, no edit, no delete -----------------------------------------------------
+
+
+@pytest.mark.parametrize("model", [GenerationStatus, GenerationLock])
+def test_mirrored_rows_cannot_be_added_edited_or_deleted_even_by_a_superuser(admin_client, model):
+    row = batch(10, 0, 2, 7, 3, lock=True)
+    obj = row if model is GenerationStatus else GenerationLock.objects.get(lock_id=row.lock_id)
+    name = model._meta.model_name
+    assert admin_client.get(reverse(f"admin:generation_{name}_add")).status_code == 403
+    assert admin_client.get(reverse(f"admin:generation_{name}_delete", args=[obj.pk])).status_code == 403
+    change_url = reverse(f"admin:generation_{name}_change", args=[obj.pk])
+    page = admin_client.get(change_url)
+    assert page.status_code == 200
+    assert "<input" not in re.sub(r'<input type="hidden"[^>]*>', "", page.content.decode().split('id="content-main"')[1])
+    assert admin_client.post(change_url, {"total_queued": "99", "account_id": "1"}).status_code == 403
+    assert "delete_selected" not in _action_choices(admin_client, reverse(f"admin:generation_{name}_changelist"))
+    assert counters(row) == (10, 0, 2, 7, 3, "processing")
+
+
+def test_the_change_form_shows_counters_read_only_with_the_diagnosis(admin_client):
+    row = batch(10, 0, 2, 7, 3)
+    page = admin_client.get(reverse("admin:generation_generationstatus_change", args=[row.pk])).content.decode()
+    assert 'name="total_queued"' not in page and 'name="status"' not in page
+    assert '<span class="gen-diagnosis gen-all_accounted">all_accounted</span>' in page
+    assert f"kind=status&amp;target_id={row.pk}" in page
+
+
+# --- Repair selected stuck generations -------------------------------------------------------------
+
+
+def test_repair_stuck_repairs_the_stuck_rows_and_names_the_others(operator_client, operator):
+    a1, a2 = batch(10, 0, 2, 7, 3), batch(10, 0, 0, 10, 0)
+    n1 = batch(10, 0, 0, 6, 1)
+    fresh = batch(10, 0, 0, 6, 1, idle=FRESH)
+    response = act(operator_client, STATUSES_URL, "repair_stuck", [a1, a2, n1, fresh])
+    assert messages_of(response) == [
+        ("success", "3 generations repaired: 2 all_accounted, 1 no_active_tasks; 1 not stuck, left alone")]
+    assert counters(a1) == (10, 0, 0, 7, 3, "partial")
+    assert counters(a2) == (10, 0, 0, 10, 0, "completed")
+    assert counters(n1) == (10, 0, 0, 6, 4, "partial")
+    assert counters(fresh) == (10, 0, 0, 6, 1, "processing")
+
+    run = CleanupRun.objects.get()
+    assert (run.trigger, run.actor, run.outcome, run.repaired) == (Trigger.ADMIN, operator, "ok", 3)
+    records = RepairRecord.objects.filter(run=run)
+    assert {(r.target_id, r.rule, r.actor) for r in records} == {
+        (a1.pk, "all_accounted", operator), (a2.pk, "all_accounted", operator), (n1.pk, "no_active_tasks", operator)}
+    entries = LogEntry.objects.filter(user=operator)
+    assert {(e.object_id, e.action_flag) for e in entries} == {(str(a1.pk), CHANGE), (str(a2.pk), CHANGE),
+                                                               (str(n1.pk), CHANGE)}
+    entry = entries.get(object_id=str(a1.pk))
+    assert entry.change_message == (f"Repaired by rule all_accounted (cleanup run #{run.pk}): "
+                                    "T/Q/P/C/F 10/0/2/7/3 processing -> 10/0/0/7/3 partial")
+    assert entry.object_repr == f"#{a1.pk} account {a1.account_id} video partial 10/10"
+
+
+def test_repair_messages_use_the_singular_and_report_locks_stalled_and_corrupt(operator_client):
+    overflow = batch(10, 4, 1, 6, 1)
+    response = act(operator_client, STATUSES_URL, "repair_stuck", [overflow])
+    assert messages_of(response) == [("success", "1 generation repaired: 1 counter_overflow")]
+    assert counters(overflow) == (10, 3, 0, 6, 1, "processing")
+
+    done = batch(4, 0, 0, 0, 0, lock=True)
+    stalled, corrupt, finished = batch(10, 1, 1, 3, 2), batch(3, 0, -1, 2, 0), batch(5, 0, 0, 5, 0, status="completed")
+    response = act(operator_client, STATUSES_URL, "repair_stuck", [done, stalled, corrupt, finished])
+    assert messages_of(response) == [(
+        "warning",
+        "1 generation repaired: 1 no_active_tasks; 1 lock released with its batch; "
+        "1 stalled (work in flight, no progress), not changed; "
+        "1 corrupt (negative or NULL counters), not changed: fix by hand; 1 finished, left alone")]
+    assert not GenerationLock.objects.filter(lock_id=done.lock_id).exists()
+    assert LogEntry.objects.filter(action_flag=DELETION, object_repr__contains=done.lock_id).count() == 1
+
+
+def test_nothing_to_repair_is_a_warning(operator_client):
+    fresh = batch(10, 0, 0, 6, 1, idle=FRESH)
+    response = act(operator_client, STATUSES_URL, "repair_stuck", [fresh])
+    assert messages_of(response) == [("warning", "No generation repaired; 1 not stuck, left alone")]
+    assert RepairRecord.objects.count() == 0 and LogEntry.objects.count() == 0
+
+
+# --- Force repair and fail stalled: confirmation first ----------------------------------------------
+
+
+def test_force_repair_confirms_first_with_before_and_after_then_applies(operator_client, operator):
+    fresh = batch(10, 0, 2, 7, 3, idle=FRESH, lock=True)
+    overflow = batch(10, 2, 5, 6, 0)
+    finished = batch(5, 0, 0, 5, 0, status="completed")
+    page = operator_client.post(STATUSES_URL, {"action": "force_repair",
+                                               ACTION_CHECKBOX_NAME: [fresh.pk, overflow.pk, finished.pk]})
+    assert page.status_code == 200
+    assert page.templates[0].name == "admin/generation/repair_confirmation.html"
+    html = page.content.decode()
+    assert "2 generations to repair: 1 all_accounted, 1 counter_overflow; 1 lock to release with its batch; " \
+           "1 finished, left alone." in html
+    fresh_row = re.search(rf'<tr data-batch="{fresh.pk}">.*?</tr>', html, re.S).group(0)
+    assert "processing 10/0/2/7/3" in fresh_row
+    assert '<mark class="gen-changed">partial</mark>' in fresh_row
+    assert re.search(r'title="P 2 → 0">0</mark>', fresh_row)
+    assert f'<input type="hidden" name="{ACTION_CHECKBOX_NAME}" value="{finished.pk}">' in html
+    assert '<input type="hidden" name="post" value="yes">' in html
+    # nothing changed, nothing recorded, until the second POST
+    assert counters(fresh) == (10, 0, 2, 7, 3, "processing")
+    assert GenerationLock.objects.filter(lock_id=fresh.lock_id).exists()
+    assert (CleanupRun.objects.count(), RepairRecord.objects.count(), LogEntry.objects.count()) == (0, 0, 0)
+
+    response = act(operator_client, STATUSES_URL, "force_repair", [fresh, overflow, finished], post="yes")
+    assert messages_of(response) == [(
+        "success",
+        "2 generations repaired: 1 all_accounted, 1 counter_overflow; 1 lock released with its batch; "
+        "1 finished, left alone")]
+    assert counters(fresh) == (10, 0, 0, 7, 3, "partial")
+    assert counters(overflow) == (10, 2, 2, 6, 0, "processing")
+    assert not GenerationLock.objects.filter(lock_id=fresh.lock_id).exists()
+    run = CleanupRun.objects.get()
+    assert (run.trigger, run.actor_id, run.filters["mode"]) == (Trigger.ADMIN, operator.pk, "force")
+    assert set(RepairRecord.objects.values_list("rule", "actor")) == {
+        ("all_accounted", operator.pk), ("counter_overflow", operator.pk), ("released_with_batch", operator.pk)}
+    assert LogEntry.objects.filter(user=operator, action_flag=CHANGE).count() == 2
+    assert LogEntry.objects.filter(user=operator, action_flag=DELETION).count() == 1
+
+
+def test_fail_stalled_confirms_first_then_fails_only_the_stalled(operator_client, operator):
+    stalled = batch(10, 1, 1, 3, 2, idle=FRESH)
+    overflow = batch(10, 2, 5, 6, 0)
+    page = operator_client.post(STATUSES_URL, {"action": "fail_stalled",
+                                               ACTION_CHECKBOX_NAME: [stalled.pk, overflow.pk]})
+    assert page.templates[0].name == "admin/generation/repair_confirmation.html"
+    html = page.content.decode()
+    assert "1 generation to repair: 1 stalled_failed; 1 not stalled, left alone." in html
+    assert "processing 10/1/1/3/2" in html
+    assert counters(stalled) == (10, 1, 1, 3, 2, "processing")
+    assert RepairRecord.objects.count() == 0
+
+    response = act(operator_client, STATUSES_URL, "fail_stalled", [stalled, overflow], post="yes")
+    assert messages_of(response) == [("success", "1 generation repaired: 1 stalled_failed; 1 not stalled, left alone")]
+    assert counters(stalled) == (10, 0, 0, 3, 7, "partial")
+    assert counters(overflow) == (10, 2, 5, 6, 0, "processing")
+    record = RepairRecord.objects.get()
+    assert (record.rule, record.actor, record.run.trigger) == ("stalled_failed", operator, Trigger.ADMIN)
+
+
+def test_a_confirmation_with_nothing_to_change_offers_no_confirm_button(operator_client):
+    finished = batch(5, 0, 0, 5, 0, status="completed")
+    html = operator_client.post(STATUSES_URL, {"action": "force_repair",
+                                               ACTION_CHECKBOX_NAME: [finished.pk]}).content.decode()
+    assert "Nothing among the selected batches would change." in html
+    assert 'type="submit" value="Yes' not in html
+
+
+def test_too_large_a_selection_for_a_confirmation_is_refused(operator_client, monkeypatch):
+    monkeypatch.setattr(generation_admin, "CONFIRM_MAX", 2)
+    rows = [batch(10, 0, 0, 10, 0) for _ in range(3)]
+    response = act(operator_client, STATUSES_URL, "force_repair", rows)
+    assert messages_of(response) == [("error", "Select at most 2 generations for this action (3 selected).")]
+    assert RepairRecord.objects.count() == 0
+
+
+# --- Release selected locks -----------------------------------------------------------------------
+
+
+def test_release_locks_confirms_first_flagging_locks_of_progressing_batches(operator_client, operator):
+    running = batch(10, 2, 1, 5, 0, idle=timedelta(minutes=5, seconds=30), lock=True, lock_age=timedelta(hours=4))
+    dead = batch(10, 0, 0, 10, 0, lock=True)
+    orphan = GenerationLock.objects.create(account_id=1, content_type="story", lock_id="orphan-lock",
+                                           locked_at=timezone.now() - timedelta(hours=5))
+    locks = list(GenerationLock.objects.order_by("id"))
+    page = operator_client.post(LOCKS_URL, {"action": "release_selected",
+                                            ACTION_CHECKBOX_NAME: [lock.pk for lock in locks]})
+    assert page.templates[0].name == "admin/generation/release_confirmation.html"
+    html = page.content.decode()
+    assert "1 lock belongs to a batch that is still progressing" in html
+    running_lock = GenerationLock.objects.get(lock_id=running.lock_id)
+    flagged = re.search(rf'<tr class="gen-flag" data-lock="{running_lock.pk}">.*?</tr>', html, re.S).group(0)
+    assert f"batch #{running.pk} processing, moved 5m ago" in flagged and "still progressing" in flagged
+    assert "no batch refers to it" in re.search(rf'<tr data-lock="{orphan.pk}">.*?</tr>', html, re.S).group(0)
+    assert re.search(rf"batch #{dead.pk} processing, moved 3h(1m)? ago", html)
+    assert GenerationLock.objects.count() == 3 and RepairRecord.objects.count() == 0 and LogEntry.objects.count() == 0
+
+    response = act(operator_client, LOCKS_URL, "release_selected", locks, post="yes")
+    assert messages_of(response) == [("success", "3 locks released")]
+    assert GenerationLock.objects.count() == 0
+    assert set(RepairRecord.objects.values_list("kind", "rule", "actor")) == {
+        (RecordKind.LOCK, RecordRule.RELEASED_BY_HAND, operator.pk)}
+    assert RepairRecord.objects.count() == 3
+    assert CleanupRun.objects.get().actor == operator
+    assert set(LogEntry.objects.filter(user=operator).values_list("object_id", "action_flag")) == {
+        (str(lock.pk), DELETION) for lock in locks}
+    # the batches themselves are untouched: releasing a lock is not a repair
+    assert counters(running) == (10, 2, 1, 5, 0, "processing")
+
+
+def test_a_selection_that_vanished_records_no_empty_run(operator_client):
+    row = batch(10, 0, 0, 10, 0, lock=True)
+    lock = GenerationLock.objects.get(lock_id=row.lock_id)
+    GenerationLock.objects.filter(pk=lock.pk).delete()
+    response = act(operator_client, LOCKS_URL, "release_selected", [lock], post="yes")
+    assert messages_of(response) == [("warning", "None of the selected locks is there any more.")]
+    row_id = row.pk
+    row.delete()
+    for action in ("repair_stuck", "force_repair"):
+        response = operator_client.post(STATUSES_URL, {"action": action, ACTION_CHECKBOX_NAME: [row_id]}, follow=True)
+        assert messages_of(response) == [("warning", "None of the selected generations is there any more.")]
+    assert CleanupRun.objects.count() == 0
+
+
+def test_lock_list_shows_age_expiry_and_the_batch(admin_client):
+    row = batch(10, 2, 1, 5, 0, idle=timedelta(minutes=5, seconds=30), lock=True, lock_age=timedelta(hours=4))
+    fresh = batch(10, 2, 1, 5, 0, idle=timedelta(minutes=5), lock=True, lock_age=timedelta(hours=1))
+    response = admin_client.get(LOCKS_URL + "?expired=yes")
+    assert listed_ids(response) == [GenerationLock.objects.get(lock_id=row.lock_id).pk]
+    html = response.content.decode()
+    assert f">#{row.pk}</a> processing, moved 5m ago" in html and re.search(r">(3h59m|4h)<", html)
+    assert listed_ids(admin_client.get(LOCKS_URL + "?expired=no")) == [
+        GenerationLock.objects.get(lock_id=fresh.lock_id).pk]
+    assert listed_ids(admin_client.get(LOCKS_URL, {"q": str(fresh.account_id)})) == [
+        GenerationLock.objects.get(lock_id=fresh.lock_id).pk]
+
+
+# --- Permissions ----------------------------------------------------------------------------------
+
+
+def _action_choices(client, url):
+    form = client.get(url).context["action_form"]
+    return set() if form is None else {choice for choice, _ in form.fields["action"].choices if choice}
+
+
+def test_actions_are_offered_only_with_the_permissions(client, viewer, operator):
+    client.force_login(operator)
+    assert {"repair_stuck", "force_repair", "fail_stalled"} <= _action_choices(client, STATUSES_URL)
+    assert "release_selected" in _action_choices(client, LOCKS_URL)
+    client.force_login(viewer)
+    assert _action_choices(client, STATUSES_URL) == set()
+    assert _action_choices(client, LOCKS_URL) == set()
+
+
+@pytest.mark.parametrize("action", ["repair_stuck", "force_repair", "fail_stalled"])
+def test_a_crafted_repair_post_without_the_permission_changes_nothing(client, viewer, action):
+    client.force_login(viewer)
+    row = batch(10, 1, 1, 3, 2)
+    done = batch(10, 0, 2, 7, 3)
+    response = act(client, STATUSES_URL, action, [row, done], post="yes")
+    assert response.status_code in (200, 403)
+    assert counters(row) == (10, 1, 1, 3, 2, "processing")
+    assert counters(done) == (10, 0, 2, 7, 3, "processing")
+    assert (CleanupRun.objects.count(), RepairRecord.objects.count(), LogEntry.objects.count()) == (0, 0, 0)
+
+
+def test_a_crafted_release_post_without_the_permission_changes_nothing(client, viewer):
+    client.force_login(viewer)
+    row = batch(10, 0, 0, 10, 0, lock=True)
+    lock = GenerationLock.objects.get(lock_id=row.lock_id)
+    response = act(client, LOCKS_URL, "release_selected", [lock], post="yes")
+    assert response.status_code in (200, 403)
+    assert GenerationLock.objects.filter(pk=lock.pk).exists()
+    assert RepairRecord.objects.count() == 0
+
+
+def test_the_actions_themselves_refuse_a_user_without_the_permission(viewer):
+    # get_actions() hides them; this is the second line, should an action be reached another way
+    request = RequestFactory().post(STATUSES_URL)
+    request.user = viewer
+    from django.contrib.admin import site
+
+    status_admin, lock_admin = site._registry[GenerationStatus], site._registry[GenerationLock]
+    row = batch(10, 0, 2, 7, 3, lock=True)
+    for action in (status_admin.repair_stuck, status_admin.force_repair, status_admin.fail_stalled):
+        with pytest.raises(PermissionDenied):
+            action(request, GenerationStatus.objects.filter(pk=row.pk))
+    with pytest.raises(PermissionDenied):
+        lock_admin.release_selected(request, GenerationLock.objects.all())
+    assert counters(row) == (10, 0, 2, 7, 3, "processing")
+
+
+# --- History --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cleanuprun", "repairrecord"])
+def test_history_pages_refuse_add_change_and_delete_even_to_a_superuser(admin_client, admin_user, name):
+    services.repair_selected(ids=[batch(10, 0, 2, 7, 3).pk], actor=admin_user)
+    obj = (CleanupRun if name == "cleanuprun" else RepairRecord).objects.get()
+    assert admin_client.get(reverse(f"admin:generation_{name}_add")).status_code == 403
+    assert admin_client.post(reverse(f"admin:generation_{name}_add"), {}).status_code == 403
+    change_url = reverse(f"admin:generation_{name}_change", args=[obj.pk])
+    assert admin_client.get(change_url).status_code == 200  # viewing is allowed
+    assert admin_client.post(change_url, {"trigger": "cron", "rule": "undo"}).status_code == 403
+    assert admin_client.get(reverse(f"admin:generation_{name}_delete", args=[obj.pk])).status_code == 403
+    assert admin_client.post(reverse(f"admin:generation_{name}_delete", args=[obj.pk]), {"post": "yes"}).status_code \
+        == 403
+    assert _action_choices(admin_client, reverse(f"admin:generation_{name}_changelist")) == set()
+    type(obj).objects.get(pk=obj.pk)  # still there
+
+
+def test_a_runs_page_lists_its_repairs(admin_client, admin_user):
+    a, n = batch(10, 0, 2, 7, 3, lock=True), batch(10, 0, 0, 6, 1)
+    report = services.repair_selected(ids=[a.pk, n.pk], actor=admin_user)
+    html = admin_client.get(reverse("admin:generation_cleanuprun_change", args=[report.run_id])).content.decode()
+    assert "Repairs recorded by this run (3)" in html
+    assert "processing 10/0/2/7/3 -&gt; partial 10/0/0/7/3" in html
+    assert "processing 10/0/0/6/1 -&gt; partial 10/0/0/6/4" in html
+    assert f"lock {a.lock_id} deleted" in html
+    assert f"?run__id__exact={report.run_id}" in html
+
+
+def test_a_repair_shows_before_and_after_side_by_side_with_the_changes_highlighted(admin_client, admin_user):
+    row = batch(10, 0, 2, 7, 3)
+    services.repair_selected(ids=[row.pk], actor=admin_user)
+    record = RepairRecord.objects.get()
+    html = admin_client.get(reverse("admin:generation_repairrecord_change", args=[record.pk])).content.decode()
+    changed = set(re.findall(r'<tr class="gen-changed" data-field="(\w+)">', html))
+    unchanged = set(re.findall(r'<tr data-field="(\w+)">', html))
+    assert changed == {"total_processing", "status", "completed_at", "updated_at"}
+    assert unchanged == {"total_requested", "total_queued", "total_completed", "total_failed"}
+    status_row = re.search(r'data-field="status">.*?</tr>', html, re.S).group(0)
+    assert "processing" in status_row and "partial" in status_row
+
+
+def test_the_repair_list_filters_by_rule_trigger_and_account(admin_client, admin_user):
+    a, n = batch(10, 0, 2, 7, 3), batch(10, 0, 0, 6, 1)
+    services.repair_selected(ids=[a.pk, n.pk], actor=admin_user)
+    url = reverse("admin:generation_repairrecord_changelist")
+    by_rule = admin_client.get(url + "?rule__exact=no_active_tasks")
+    assert [r.target_id for r in by_rule.context["cl"].result_list] == [n.pk]
+    assert len(listed_ids(admin_client.get(url + "?run__trigger__exact=admin"))) == 2
+    assert listed_ids(admin_client.get(url + "?run__trigger__exact=cron")) == []
+    by_account = admin_client.get(url, {"q": str(a.account_id)})
+    assert [r.target_id for r in by_account.context["cl"].result_list] == [a.pk]
+
+
+# --- The health page and the index -----------------------------------------------------------------
+
+
+def test_health_page_is_for_staff_only(client, django_user_model, viewer):
+    assert client.get(HEALTH_URL).status_code == 302
+    outsider = django_user_model.objects.create_user("outsider", password="pw", is_staff=False)
+    client.force_login(outsider)
+    response = client.get(HEALTH_URL)
+    assert response.status_code == 302 and "/login/" in response["Location"]
+    client.force_login(viewer)
+    assert client.get(HEALTH_URL).status_code == 200
+
+
+def test_health_page_shows_counts_runs_and_the_chart(admin_client, admin_user):
+    batch(10, 0, 2, 7, 3, lock=True)
+    batch(10, 1, 1, 3, 2)
+    batch(10, 1, 1, 3, 2)
+    batch(3, 0, -1, 2, 0)
+    GenerationLock.objects.create(account_id=1, content_type="story", lock_id="orphan",
+                                  locked_at=timezone.now() - timedelta(hours=5))
+    response = admin_client.get(HEALTH_URL)
+    html = response.content.decode()
+    figures = dict(re.findall(r'<tr data-rule="(\w+)">.*?<td class="gen-n">(\d+)</td>', html, re.S))
+    assert figures == {"corrupt": "1", "all_accounted": "1", "no_active_tasks": "0", "counter_overflow": "0",
+                       "stalled": "2"}
+    assert re.search(r'id="gen-stuck-total"><strong>4</strong>', html)
+    assert re.search(r'id="gen-expired-locks">2<', html)
+    assert "The cleanup job has never completed a run (from cron or the command)." in html
+    assert '<svg class="gen-chart"' in html and "No repairs in these 30 days" in html
+
+    report = services.cleanup_from_settings(trigger=Trigger.CRON)
+    html = admin_client.get(HEALTH_URL).content.decode()
+    assert "never completed a run" not in html
+    # the corrupt batch makes every run end with errors: a finding to show, not a dead schedule
+    assert f"The last run (#{report.run_id}) finished with errors: batch #" in html
+    assert re.findall(r'<rect [^>]*fill="#0072B2"><title>[0-9-]+: 1 all_accounted</title>', html)
+    assert "all_accounted (1)" in html
+
+
+def test_the_admin_index_links_the_health_page(admin_client):
+    html = admin_client.get(reverse("admin:index")).content.decode()
+    assert f'<a href="{HEALTH_URL}">Health</a>' in html
+    assert 'id="recent-actions-module"' in html  # the index it extends is still there
