@@ -67,7 +67,7 @@ CRON_FIND = crontab=$$(command -v $(CRONTAB)) \
 	lines() { "$$crontab" -l 2>/dev/null \
 		| awk -v tag="\# $$comment" 'length($$0) >= length(tag) && substr($$0, length($$0) - length(tag) + 1) == tag'; }
 
-.PHONY: cron-install cron-show cron-remove
+.PHONY: cron-install cron-show cron-run cron-remove
 
 cron-install: $(VENV)/.installed
 	@$(CRON_FIND); \
@@ -81,6 +81,22 @@ cron-show: $(VENV)/.installed
 	installed=$$(lines); \
 	[ -n "$$installed" ] || { echo "$@: no line tagged '# $$comment' in $$(id -un)'s crontab (make cron-install)" >&2; exit 1; }; \
 	echo "$$installed"
+
+# The installed line, run now exactly as cron will run it (empty environment, from /), then what it
+# appended to the log: the check after cron-install, and the first step when the job seems not to run.
+cron-run: $(VENV)/.installed
+	@$(CRON_FIND); \
+	installed=$$(lines); \
+	[ "$$(echo "$$installed" | grep -c .)" -eq 1 ] \
+	|| { echo "$@: expected one line tagged '# $$comment' in $$(id -un)'s crontab (make cron-install)" >&2; exit 1; }; \
+	command=$$(echo "$${installed%" # $$comment"}" | sed -E 's/^([^ ]+ +){5}//'); \
+	log=$$($(CRON_ENV) $(MANAGE) shell --no-imports -c "from django.conf import settings; print(settings.CLEANUP_LOG_FILE)"); \
+	before=$$(if [ -f "$$log" ]; then wc -c < "$$log"; else echo 0; fi); \
+	echo "Running as cron would (env -i PATH=/usr/bin:/bin HOME=$$HOME sh -c ..., from /):"; echo "$$command"; \
+	(cd / && env -i PATH=/usr/bin:/bin HOME="$$HOME" sh -c "$$command"); status=$$?; \
+	echo "--- appended to $$log:"; tail -c +$$((before + 1)) "$$log" 2>/dev/null; \
+	echo "--- exit status $$status (django-crontab's runner exits 0 even when the job failed: read the lines above)"; \
+	exit $$status
 
 cron-remove: $(VENV)/.installed
 	@$(CRON_FIND); \

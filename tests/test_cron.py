@@ -162,6 +162,7 @@ def seed_one_of_each():
 # --- End to end: install, run as cron, remove --------------------------------------------------
 
 
+@pytest.mark.slow  # about ten processes: make, crontab, the job twice
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_installed_line_runs_under_cron_environment_and_records_a_cron_run(schedule_for):
@@ -200,6 +201,19 @@ def test_installed_line_runs_under_cron_environment_and_records_a_cron_run(sched
 
     shown = schedule.make("cron-show")
     assert (shown.returncode, shown.stdout.splitlines()) == (0, [line])
+
+    # make cron-run runs the same line the same way, and shows what this run appended to the log
+    again = schedule.make("cron-run")
+    assert again.returncode == 0, again.stderr
+    second = CleanupRun.objects.exclude(pk=run.pk).get()
+    out = again.stdout.splitlines()
+    assert out[1] == command
+    assert out[2] == f"--- appended to {schedule.log_file}:"
+    assert f"event=run_finished run_id={second.pk} dry_run=false outcome=ok examined=1 repaired=0 " in again.stdout
+    assert re.fullmatch(r"\S+ cron 1 stuck batches examined, repaired 0 \(.*\), stalled 1, .*"
+                        rf"outcome ok, run #{second.pk}", out[-2]), out
+    assert out[-1].startswith("--- exit status 0 ")
+    assert f"run #{run.pk}" not in again.stdout  # only this run's lines
 
     removed = schedule.make("cron-remove")
     assert removed.returncode == 0, removed.stderr
