@@ -1,0 +1,63 @@
+import argparse
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import InterfaceError, OperationalError
+
+from generation import undo
+from generation.models import CleanupRun, Trigger
+
+
+def _positive_id(what):
+    def convert(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what} id (a positive whole number)")
+        return value
+
+    convert.__name__ = f"{what}_id"
+    return convert
+
+
+class Command(BaseCommand):
+    help = (
+        "Undo repairs: put a batch back to the values its RepairRecord holds as before (only if the row still "
+        "holds what the repair left), take a released or expired lock back (only if its account and content type "
+        "hold no other lock). Each undo is recorded. Exits 1 if any record was refused, 2 on bad usage."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("record_ids", nargs="*", type=_positive_id("record"), metavar="RECORD_ID",
+                            help="RepairRecord ids to undo (the admin's repair history lists them).")
+        parser.add_argument("--run", type=_positive_id("run"), metavar="RUN_ID", help="Undo every change this cleanup run made.")
+        parser.add_argument("--dry-run", action="store_true", help="Say what would be undone or refused; write nothing.")
+        parser.add_argument("--json", action="store_true", help="Print one JSON object on stdout and nothing else.")
+
+    def handle(self, *args, **options):
+        record_ids, run, dry_run, as_json = options["record_ids"], options["run"], options["dry_run"], options["json"]
+        if bool(record_ids) == bool(run):
+            raise CommandError("give RECORD_ID ... or --run RUN_ID (one of them, not both)", returncode=2)
+        try:
+            if run:
+                report = undo.undo_run(run_id=run, trigger=Trigger.COMMAND, dry_run=dry_run)
+            else:
+                report = undo.undo_records(ids=record_ids, trigger=Trigger.COMMAND, dry_run=dry_run)
+        except CleanupRun.DoesNotExist:
+            raise CommandError(f"--run {run}: no such cleanup run", returncode=1) from None
+        except undo.UndoAborted as exc:
+            raise CommandError(f"undo aborted: {exc}", returncode=1) from None
+        except (OperationalError, InterfaceError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CommandError(f"cannot reach the database: {first_line}", returncode=1) from None
+
+        if as_json:
+            self.stdout.write(json.dumps(report.as_dict(), default=str))
+        else:
+            for outcome in report.outcomes:
+                self.stdout.write(undo.format_outcome(outcome, dry_run=dry_run))
+            self.stdout.write(undo.format_summary(report))
+        if report.refused:
+            raise CommandError(f"{len(report.refused)} of {len(report.outcomes)} records refused", returncode=1)
