@@ -11,6 +11,24 @@ DEMO_ENV := DEBUG=true LOG_LEVEL=$${LOG_LEVEL:-WARNING}
 TEST_ENV := SECRET_KEY=$${SECRET_KEY:-tests-only-not-a-secret}
 DEMO_COUNT ?= 200
 PYTEST_ARGS ?=
+# The demo's superuser: these defaults are for a local demo only, never for a reachable server.
+DEMO_ADMIN_USERNAME ?= admin
+DEMO_ADMIN_PASSWORD ?= admin
+export DEMO_ADMIN_USERNAME DEMO_ADMIN_PASSWORD
+
+# Creates the demo superuser once; a second `make demo` leaves it (and a changed password) alone.
+define DEMO_SUPERUSER_PY
+import os
+from django.contrib.auth import get_user_model
+User = get_user_model()
+name = os.environ["DEMO_ADMIN_USERNAME"]
+if User.objects.filter(username=name).exists():
+    print(f"Demo superuser {name!r} already exists; left as it is.")
+else:
+    User.objects.create_superuser(name, "", os.environ["DEMO_ADMIN_PASSWORD"])
+    print(f"Demo superuser {name!r} created (password from DEMO_ADMIN_PASSWORD).")
+endef
+export DEMO_SUPERUSER_PY
 
 .PHONY: demo test lint check serve clean
 
@@ -28,6 +46,7 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 
 demo: $(VENV)/.installed
 	$(DEMO_ENV) $(MANAGE) migrate --verbosity 0
+	@$(DEMO_ENV) $(MANAGE) shell --no-imports --command "$$DEMO_SUPERUSER_PY"
 	$(DEMO_ENV) $(MANAGE) seed_demo_generation --clear --seed 42 --count $(DEMO_COUNT)
 	@if $(DEMO_ENV) $(MANAGE) help cleanup_stuck_generation >/dev/null 2>&1; then \
 		echo "--- dry run: what the cleanup would do ---"; \
@@ -36,6 +55,7 @@ demo: $(VENV)/.installed
 		$(DEMO_ENV) $(MANAGE) cleanup_stuck_generation; status=$$?; \
 		[ $$status -le 1 ] || exit $$status; \
 	else echo "(cleanup_stuck_generation is not built yet)"; fi
+	@echo "--- the admin: make serve, then open http://127.0.0.1:8000/admin/ as $(DEMO_ADMIN_USERNAME) ---"
 
 test: $(VENV)/.installed-dev
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)

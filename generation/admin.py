@@ -20,6 +20,7 @@ from django.contrib.contenttypes.models import ContentType as DjangoContentType
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
@@ -48,6 +49,14 @@ def _now(request):
     if not hasattr(request, "_generation_now"):
         request._generation_now = services.database_now()
     return request._generation_now
+
+
+def _when(value):
+    """A timestamp short enough for a list column (site time zone), the exact one on hover."""
+    if value is None:
+        return "-"
+    return format_html('<span class="gen-when" title="{}">{}</span>', value.isoformat(timespec="seconds"),
+                       timezone.localtime(value).strftime("%Y-%m-%d %H:%M"))
 
 
 def _counters(snapshot) -> str:
@@ -175,8 +184,8 @@ class StuckFilter(admin.SimpleListFilter):
 
 @admin.register(GenerationStatus)
 class GenerationStatusAdmin(admin.ModelAdmin):
-    list_display = ("id", "account_id", "content_type", "status", "progress", "queued", "processing", "completed",
-                    "failed", "updated", "diagnosis")
+    list_display = ("id", "account", "content", "status", "diagnosis", "progress", "queued", "processing", "completed",
+                    "failed", "updated")
     list_filter = (StuckFilter, "status", "content_type", "updated_at")
     search_fields = ("account_id", "lock_id")
     search_help_text = "An account id, or a lock id (exact)."
@@ -184,6 +193,7 @@ class GenerationStatusAdmin(admin.ModelAdmin):
     ordering = ("-id",)
     list_per_page = 100
     show_full_result_count = False  # spares a COUNT(*) of the whole table on every filtered page
+    show_facets = admin.ShowFacets.NEVER  # a COUNT per filter choice is too much for the backend's big table
     actions = ("repair_stuck", "force_repair", "fail_stalled")
     fieldsets = (
         (None, {"fields": ("id", "account_id", "content_type", "status", "diagnosis", "lock_id", "repairs")}),
@@ -222,7 +232,15 @@ class GenerationStatusAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    # --- columns
+    # --- columns (short headers: the diagnosis must stay in view beside the sidebar and the filters)
+
+    @admin.display(description="account", ordering="account_id")
+    def account(self, obj):
+        return obj.account_id
+
+    @admin.display(description="type", ordering="content_type")
+    def content(self, obj):
+        return obj.content_type
 
     @admin.display(description="progress", ordering="total_completed")
     def progress(self, obj):
@@ -396,7 +414,7 @@ class ExpiredFilter(admin.SimpleListFilter):
 
 @admin.register(GenerationLock)
 class GenerationLockAdmin(admin.ModelAdmin):
-    list_display = ("lock_id", "account_id", "content_type", "locked_at", "age", "expired", "batch")
+    list_display = ("lock", "account", "content", "locked", "age", "expired", "batch")
     list_filter = (ExpiredFilter, "content_type")
     search_fields = ("account_id", "lock_id")
     search_help_text = "An account id, or a lock id (exact)."
@@ -427,6 +445,24 @@ class GenerationLockAdmin(admin.ModelAdmin):
             return queryset, False
         return health.search_locks(queryset, search_term), False
 
+    @admin.display(description="lock id", ordering="lock_id")
+    def lock(self, obj):
+        # a UUID's first block tells locks apart on a page; the whole id is on hover and on the lock's page
+        short = obj.lock_id if len(obj.lock_id) <= 13 else obj.lock_id[:8] + "…"
+        return format_html('<span class="gen-mono" title="{}">{}</span>', obj.lock_id, short)
+
+    @admin.display(description="account", ordering="account_id")
+    def account(self, obj):
+        return obj.account_id
+
+    @admin.display(description="type", ordering="content_type")
+    def content(self, obj):
+        return obj.content_type
+
+    @admin.display(description="locked at", ordering="locked_at")
+    def locked(self, obj):
+        return _when(obj.locked_at)
+
     @admin.display(description="age", ordering="locked_at")
     def age(self, obj):
         return format_duration(max(obj.checked_at - obj.locked_at, timedelta(0)))
@@ -440,8 +476,12 @@ class GenerationLockAdmin(admin.ModelAdmin):
         if obj.batch_id is None:
             return "none refers to it"
         url = reverse("admin:generation_generationstatus_change", args=[obj.batch_id])
-        moved = (f"moved {format_duration(max(obj.checked_at - obj.batch_updated_at, timedelta(0)))} ago"
-                 if obj.batch_updated_at else "never moved")
+        idle = obj.checked_at - obj.batch_updated_at if obj.batch_updated_at else None
+        moved = f"moved {format_duration(max(idle, timedelta(0)))} ago" if idle is not None else "never moved"
+        if obj.batch_status in rules.IN_PROGRESS and idle is not None and idle < job_settings().stuck_after:
+            # the batch still moves: releasing its lock lets a second batch start beside it
+            return format_html('<a href="{}">#{}</a> {}, <span class="gen-flag-note">{}</span>', url, obj.batch_id,
+                               obj.batch_status, moved)
         return format_html('<a href="{}">#{}</a> {}, {}', url, obj.batch_id, obj.batch_status, moved)
 
     @admin.action(description="Release selected locks…", permissions=["release"])
@@ -515,11 +555,11 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(CleanupRun)
 class CleanupRunAdmin(ReadOnlyAdmin):
-    list_display = ("id", "started_at", "trigger", "actor", "outcome_label", "examined", "repaired_total", "stalled",
-                    "corrupt", "locks_removed", "locks_released", "duration")
+    list_display = ("id", "started", "trigger", "actor", "outcome_label", "examined", "repaired_total", "stalled",
+                    "corrupt", "locks", "duration")
     list_filter = ("trigger", "outcome", "dry_run", "started_at")
     list_select_related = ("actor",)
-    ordering = ("-started_at", "-id")
+    ordering = ("-id",)  # newest first: ids follow started_at, and one sort key keeps the headers plain
     list_per_page = 100
     fieldsets = (
         (None, {"fields": ("id", "trigger", "actor", "outcome_label", "error", "started_at", "finished_at", "duration",
@@ -530,6 +570,14 @@ class CleanupRunAdmin(ReadOnlyAdmin):
                                "skipped_busy", "locks_expired", "locks_removed", "locks_released")}),
     )
     readonly_fields = ("outcome_label", "duration")
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, obj):
+        return _when(obj.started_at)
+
+    @admin.display(description="locks deleted")
+    def locks(self, obj):
+        return obj.locks_removed + obj.locks_released
 
     @admin.display(description="outcome", ordering="outcome")
     def outcome_label(self, obj):
@@ -558,7 +606,7 @@ class CleanupRunAdmin(ReadOnlyAdmin):
 def _record_row(record: RepairRecord) -> dict:
     if record.kind == RecordKind.STATUS:
         b, a = record.before, record.after
-        change = f"{b['status']} {_counters(b)} -> {a['status']} {_counters(a)}"
+        change = f"{b['status']} {_counters(b)} → {a['status']} {_counters(a)}"
     else:
         change = f"lock {record.before.get('lock_id')} deleted"
     return {"record": record, "change": change}
@@ -566,12 +614,13 @@ def _record_row(record: RepairRecord) -> dict:
 
 @admin.register(RepairRecord)
 class RepairRecordAdmin(ReadOnlyAdmin):
-    list_display = ("id", "created_at", "rule", "kind", "target", "account_id", "content_type", "actor", "run_link")
+    list_display = ("id", "created", "rule_badge", "target", "account", "content", "actor", "run_link", "change")
     list_filter = ("rule", "kind", "run__trigger", "run__outcome", "content_type", "created_at")
     list_select_related = ("run", "actor")
+    show_facets = admin.ShowFacets.NEVER  # grows with every run, like the statuses
     search_fields = ("account_id",)
     search_help_text = "An account id."
-    ordering = ("-created_at", "-id")
+    ordering = ("-id",)  # newest first
     list_per_page = 100
     fields = ("id", "created_at", "rule", "kind", "target", "account_id", "content_type", "actor", "run_link",
               "undo_of")
@@ -583,10 +632,32 @@ class RepairRecordAdmin(ReadOnlyAdmin):
             return queryset, False
         return (queryset.filter(account_id=int(term)) if term.isdigit() else queryset.none()), False
 
+    @admin.display(description="at", ordering="created_at")
+    def created(self, obj):
+        return _when(obj.created_at)
+
+    @admin.display(description="rule", ordering="rule")
+    def rule_badge(self, obj):
+        return format_html('<span class="gen-diagnosis gen-{}">{}</span>', obj.rule, obj.rule)
+
+    @admin.display(description="account", ordering="account_id")
+    def account(self, obj):
+        return obj.account_id
+
+    @admin.display(description="type", ordering="content_type")
+    def content(self, obj):
+        return obj.content_type
+
+    @admin.display(description="change")
+    def change(self, obj):
+        if obj.kind == RecordKind.LOCK:
+            return "deleted"  # the lock id is on hover over the target
+        return format_html('<span class="gen-mono gen-small">{}</span>', _record_row(obj)["change"])
+
     @admin.display(description="target", ordering="target_id")
     def target(self, obj):
         if obj.kind == RecordKind.LOCK:
-            return f"lock #{obj.target_id} {obj.before.get('lock_id', '')}"
+            return format_html('<span title="{}">lock #{}</span>', obj.before.get("lock_id", ""), obj.target_id)
         url = reverse("admin:generation_generationstatus_change", args=[obj.target_id])
         return format_html('<a href="{}">batch #{}</a>', url, obj.target_id)
 

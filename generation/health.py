@@ -238,7 +238,7 @@ def _nice_step(peak: int, max_ticks: int = 5) -> int:
 
 
 def build_chart(days: list[date], counts: dict, *, series=CHART_RULES, colours=CHART_COLOURS,
-                width: int = 760, height: int = 260) -> Chart:
+                width: int = 960, height: int = 280) -> Chart:
     """Stacked bars, one per day, one colour per rule. `counts` maps (day, rule) to a number of repairs."""
     left, top, right, bottom = 44, 12, width - 10, height - 26
     per_day = [sum(counts.get((day, rule), 0) for rule in series) for day in days]
@@ -376,12 +376,13 @@ def overview(*, job: JobSettings | None = None) -> Health:
                 f"The last completed run of the cleanup job finished {_ago(now, finished)} ago, more than twice "
                 f"the schedule's interval ({format_duration(report.interval)}, from CLEANUP_SCHEDULE "
                 f"\"{job.schedule}\"): is cron still running it?")
+    completed = report.last_completed
+    if completed is not None and completed.outcome == Outcome.ERRORS:
+        first = completed.error.splitlines()[0] if completed.error else ""
+        report.warnings.append(f"The last completed job run (#{completed.pk}) found errors: {first}"
+                               + (" (and more on its page)" if "\n" in completed.error else ""))
     last = report.last_run
-    if last is not None and last.outcome == Outcome.ERRORS:
-        first = last.error.splitlines()[0] if last.error else ""
-        report.warnings.append(f"The last run (#{last.pk}) finished with errors: {first}"
-                               + (" (and more on its page)" if "\n" in last.error else ""))
-    elif last is not None and not last.outcome and last.started_at < now - timedelta(hours=1):
+    if last is not None and not last.outcome and last.started_at < now - timedelta(hours=1):
         report.warnings.append(f"Run #{last.pk} started {_ago(now, last.started_at)} ago and never finished "
                                "(the process died, or is still running).")
 

@@ -1,9 +1,12 @@
 import os
+import shutil
 
 import pytest
 from django.db import connection
 
 IN_CI = os.environ.get("CI") == "true"
+# Debian's chromium and chromium-driver (what Django's own selenium tests use).
+BROWSER_BINARIES = ("chromium", "chromedriver")
 
 
 def pytest_report_header(config):
@@ -18,6 +21,14 @@ def pytest_runtest_setup(item):
         if IN_CI:
             pytest.fail(f"{reason}; under CI=true this is a failure, not a skip")
         pytest.skip(reason)
+    # Browser tests likewise: skipped without Chromium and its driver, a failure in CI.
+    if item.get_closest_marker("browser"):
+        missing = [name for name in BROWSER_BINARIES if shutil.which(name) is None]
+        if missing:
+            reason = f"needs {' and '.join(missing)} on PATH (apt-get install chromium chromium-driver)"
+            if IN_CI:
+                pytest.fail(f"{reason}; under CI=true this is a failure, not a skip")
+            pytest.skip(reason)
 
 
 def pytest_terminal_summary(terminalreporter):
