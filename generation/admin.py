@@ -10,6 +10,7 @@ The mirrored tables belong to the backend: nobody adds, edits or deletes their
 rows here, because a free edit would bypass the audit trail the repairs keep.
 """
 
+import itertools
 from collections import Counter
 from datetime import timedelta
 
@@ -34,6 +35,7 @@ from .services import COUNTER_FIELDS, Mode
 # than DATA_UPLOAD_MAX_NUMBER_FIELDS (1000) fields, so a larger selection is refused up front.
 CONFIRM_MAX = 500
 RUN_PAGE_RECORDS = 200  # records listed on a run's page; the rest are one link away
+LOG_CHUNK = 1_000  # LogEntry rows per INSERT
 COUNTER_LABELS = dict(zip(COUNTER_FIELDS, "TQPCF", strict=True))
 LEFT_ALONE = {  # StatusDetail.rule for a selected row that was not eligible -> how the message says it
     "not_stuck": "not stuck", "not_stalled": "not stalled", "finished": "finished",
@@ -146,12 +148,13 @@ def _log_entry(record: RepairRecord, user_id, content_types) -> LogEntry:
 
 
 def log_run(request, run_id):
-    """One LogEntry per row the run changed (the records say which), in one INSERT."""
+    """One LogEntry per row the run changed (the records say which), inserted a chunk at a time."""
     if run_id is None:
         return
-    records, _ = health.run_records(run_id)
     content_types = DjangoContentType.objects.get_for_models(GenerationStatus, GenerationLock)
-    LogEntry.objects.bulk_create([_log_entry(record, request.user.pk, content_types) for record in records])
+    entries = (_log_entry(record, request.user.pk, content_types) for record in health.iter_run_records(run_id))
+    while chunk := list(itertools.islice(entries, LOG_CHUNK)):
+        LogEntry.objects.bulk_create(chunk)
 
 
 # --- Generation statuses -----------------------------------------------------------------------

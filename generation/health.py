@@ -142,13 +142,15 @@ def search_locks(queryset, term: str):
 # --- History -----------------------------------------------------------------------------------
 
 
-def run_records(run_id: int, *, limit: int | None = None):
-    """A run's records in the order they were written, at most `limit` of them, and how many there are."""
+def run_records(run_id: int, *, limit: int):
+    """A run's first `limit` records in the order they were written, and how many there are in all."""
     records = RepairRecord.objects.filter(run_id=run_id).select_related("actor").order_by("id")
-    if limit is None:
-        records = list(records)
-        return records, len(records)
     return list(records[:limit]), records.count()
+
+
+def iter_run_records(run_id: int, *, chunk_size: int = 2_000):
+    """Every record of a run, streamed: a run over a large selection must not be loaded at once."""
+    return RepairRecord.objects.filter(run_id=run_id).order_by("id").iterator(chunk_size=chunk_size)
 
 
 # --- The schedule ------------------------------------------------------------------------------

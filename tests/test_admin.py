@@ -213,12 +213,14 @@ def test_mirrored_rows_cannot_be_added_edited_or_deleted_even_by_a_superuser(adm
     assert counters(row) == (10, 0, 2, 7, 3, "processing")
 
 
-def test_the_change_form_shows_counters_read_only_with_the_diagnosis(admin_client):
-    row = batch(10, 0, 2, 7, 3)
+def test_the_change_form_shows_counters_read_only_with_the_diagnosis_and_the_repairs(admin_client, admin_user):
+    row, other = batch(10, 0, 2, 7, 3), batch(10, 0, 0, 6, 1)
     page = admin_client.get(reverse("admin:generation_generationstatus_change", args=[row.pk])).content.decode()
     assert 'name="total_queued"' not in page and 'name="status"' not in page
     assert '<span class="gen-diagnosis gen-all_accounted">all_accounted</span>' in page
-    assert f"kind=status&amp;target_id={row.pk}" in page
+    link = re.search(r'href="([^"]+)">repairs of this batch</a>', page).group(1).replace("&amp;", "&")
+    services.repair_selected(ids=[row.pk, other.pk], actor=admin_user)
+    assert [r.target_id for r in admin_client.get(link).context["cl"].result_list] == [row.pk]
 
 
 # --- Repair selected stuck generations -------------------------------------------------------------
@@ -266,6 +268,16 @@ def test_repair_messages_use_the_singular_and_report_locks_stalled_and_corrupt(o
         "1 corrupt (negative or NULL counters), not changed: fix by hand; 1 finished, left alone")]
     assert not GenerationLock.objects.filter(lock_id=done.lock_id).exists()
     assert LogEntry.objects.filter(action_flag=DELETION, object_repr__contains=done.lock_id).count() == 1
+
+
+def test_log_entries_are_written_in_chunks(operator_client, operator, monkeypatch):
+    monkeypatch.setattr(generation_admin, "LOG_CHUNK", 2)
+    rows = [batch(10, 0, 0, 10, 0) for _ in range(5)]
+    with CaptureQueriesContext(connection) as queries:
+        act(operator_client, STATUSES_URL, "repair_stuck", rows)
+    inserts = [q for q in queries if q["sql"].startswith('INSERT INTO "django_admin_log"')]
+    assert len(inserts) == 3
+    assert LogEntry.objects.filter(user=operator, action_flag=CHANGE).count() == 5
 
 
 def test_nothing_to_repair_is_a_warning(operator_client):
