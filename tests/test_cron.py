@@ -141,11 +141,15 @@ class Schedules:
 @pytest.fixture
 def schedule_for(tmp_path, crontab_binary):
     """Schedule(...) factory; afterwards its lines are gone and every other line is as it was."""
-    before = crontab_lines()
-    schedules = Schedules(tmp_path)
-    yield schedules
-    schedules.clean_up()
-    assert crontab_lines() == before, "the crontab's other lines must be left exactly as they were"
+    # `crontab add` reads, edits and writes the whole crontab: two test runs on one host at once
+    # (CI and a developer) would drop each other's lines, so they take turns
+    with (Path(tempfile.gettempdir()) / "butter_admin_crontab_tests.lock").open("w") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        before = crontab_lines()
+        schedules = Schedules(tmp_path)
+        yield schedules
+        schedules.clean_up()
+        assert crontab_lines() == before, "the crontab's other lines must be left exactly as they were"
 
 
 def seed_one_of_each():
