@@ -6,9 +6,11 @@ configuration as an interactive shell. Real environment variables win over it.
 Every variable is listed, with its default, in README.md ("Configuration").
 """
 
+import logging
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import environ
@@ -78,7 +80,18 @@ WSGI_APPLICATION = "butter_admin.wsgi.application"
 
 def _database_from_env():
     default = f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
-    database = env.db_url_config(env.str("DATABASE_URL", default="") or default)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # django-environ's warning about a URL it cannot read prints the password
+            database = env.db_url_config(env.str("DATABASE_URL", default="") or default)
+    except ValueError:  # e.g. a port that is not a number
+        database = {}
+    if database.get("ENGINE") not in ("django.db.backends.sqlite3", "django.db.backends.postgresql"):
+        # Never the URL itself in the message: it carries the password (which may be what broke the parse).
+        raise ImproperlyConfigured(
+            "DATABASE_URL is not a database URL: use postgres://USER:PASSWORD@HOST:PORT/NAME "
+            "(percent-encode / @ : in the password) or sqlite:///PATH"
+        )
     if database["ENGINE"] == "django.db.backends.sqlite3":
         # A relative sqlite path would resolve against the working directory,
         # which is $HOME under cron: anchor it to the project root instead.
@@ -89,7 +102,13 @@ def _database_from_env():
         # Fail fast with a clear error instead of hanging when the server is
         # unreachable; name the connection so DBAs can spot it in pg_stat_activity.
         database.setdefault("OPTIONS", {})
-        database["OPTIONS"].setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
+        try:
+            connect_timeout = env.int("DATABASE_CONNECT_TIMEOUT", default=5)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"DATABASE_CONNECT_TIMEOUT={env.str('DATABASE_CONNECT_TIMEOUT')!r} is not a whole number of seconds"
+            ) from None
+        database["OPTIONS"].setdefault("connect_timeout", connect_timeout)
         database["OPTIONS"].setdefault("application_name", "butter_admin")
     return database
 
@@ -164,6 +183,9 @@ CRONTAB_COMMAND_PREFIX = f"mkdir -p {shlex.quote(str(Path(CLEANUP_LOG_FILE).pare
 
 # --- Logging --------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+if LOG_LEVEL not in logging.getLevelNamesMapping():
+    # logging.config would stop start-up with a traceback; one line instead
+    raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
 LOG_FORMAT = env.str("LOG_FORMAT", default="text").lower()
 
 LOGGING = {

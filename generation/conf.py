@@ -15,6 +15,10 @@ from django.core.exceptions import ImproperlyConfigured
 from pytimeparse2 import parse as parse_timespan
 
 DURATION_HINT = "use e.g. 90m, 3h, 1h30m, 45s or plain seconds"
+# Upper bounds, so that a typo cannot crash a run: now() minus thousands of years is not a date
+# (OverflowError), and a LIMIT beyond bigint is a database error. Ten years is "never" for these windows.
+MAX_DURATION = timedelta(days=3650)
+MAX_WHOLE_NUMBER = 100_000  # the largest page: one transaction, its ids in one statement
 
 
 def parse_duration(text: str) -> timedelta:
@@ -27,6 +31,8 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"is not a duration ({DURATION_HINT})")
     if seconds <= 0:
         raise ValueError("must be a positive duration")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"is longer than {MAX_DURATION.days} days")
     return timedelta(seconds=seconds)
 
 
@@ -37,6 +43,8 @@ def parse_positive_int(text: str) -> int:
         raise ValueError("is not a whole number") from None
     if value <= 0:
         raise ValueError("must be a positive whole number")
+    if value > MAX_WHOLE_NUMBER:
+        raise ValueError(f"must be at most {MAX_WHOLE_NUMBER}")
     return value
 
 

@@ -27,6 +27,17 @@ def _argument(parse):
     return convert
 
 
+def _account(text):
+    # account_id is a bigint: a larger number matches nothing, and SQLite cannot even bind it (OverflowError)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an account id (a whole number)") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an account id (out of the bigint range)")
+    return value
+
+
 def _content_type(text):
     if text not in ContentType.values:
         raise argparse.ArgumentTypeError(f"{text!r} is not a content type (choose from {', '.join(ContentType.values)})")
@@ -57,7 +68,7 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=_argument(parse_positive_int), metavar="N",
                             help="Rows per transaction (default CLEANUP_BATCH_SIZE).")
         parser.add_argument("--dry-run", action="store_true", help="Report what would be done; write nothing.")
-        parser.add_argument("--account", type=int, action="append", dest="accounts", metavar="ID",
+        parser.add_argument("--account", type=_account, action="append", dest="accounts", metavar="ID",
                             help="Only this account (repeatable).")
         parser.add_argument("--content-type", type=_content_type, action="append", dest="content_types",
                             metavar="TYPE", help=f"Only this content type (repeatable): {', '.join(ContentType.values)}.")
