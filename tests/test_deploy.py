@@ -398,10 +398,13 @@ def test_documented_query_finds_the_run_holding_the_advisory_lock():
     [query] = [block for block in fenced("sql") if "pg_locks" in block]
     assert str(ADVISORY_LOCK_KEY) in query
     url = postgres_url(connection.settings_dict["NAME"]).replace("postgres://", "postgresql://")
-    with psycopg.connect(url, autocommit=True, application_name="butter_admin") as holder:
+    with (psycopg.connect(url, autocommit=True, application_name="butter_admin") as holder,
+          scratch_database() as other_url,
+          psycopg.connect(other_url.replace("postgres://", "postgresql://"), autocommit=True) as elsewhere):
         holder.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
-        holder_pid = holder.info.backend_pid
+        # the same key held in another database on the same server is another job's business
+        elsewhere.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
         with connection.cursor() as cursor:
             cursor.execute(query.strip().rstrip(";"))
             rows = cursor.fetchall()
-    assert [(pid, name) for pid, name, *_ in rows] == [(holder_pid, "butter_admin")]
+        assert [(pid, name) for pid, name, *_ in rows] == [(holder.info.backend_pid, "butter_admin")]
