@@ -7,9 +7,10 @@ it, so `manage.py check` and every command refuse bad values at start-up.
 """
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from cronsim import CronSim, CronSimError
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from pytimeparse2 import parse as parse_timespan
@@ -49,10 +50,14 @@ def parse_positive_int(text: str) -> int:
 
 
 def parse_schedule(text: str) -> str:
-    fields = str(text).split()
-    if len(fields) != 5:
+    expression = " ".join(str(text).split())
+    try:
+        CronSim(expression, datetime(2000, 1, 1))
+    except CronSimError as exc:
+        raise ValueError(f'is not a cron schedule ({exc}; e.g. "*/30 * * * *")') from None
+    if len(expression.split()) != 5:
         raise ValueError('is not a 5-field cron schedule (e.g. "*/30 * * * *")')
-    return " ".join(fields)
+    return expression
 
 
 @dataclass(frozen=True)

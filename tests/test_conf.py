@@ -47,3 +47,18 @@ def test_empty_fail_stalled_means_never_and_a_value_parses(settings):
     assert job_settings().fail_stalled_after is None
     settings.GENERATION_FAIL_STALLED_AFTER = "1d"
     assert job_settings().fail_stalled_after == timedelta(days=1)
+
+
+@pytest.mark.parametrize(("schedule", "message"), [
+    ("61 * * * *", "CLEANUP_SCHEDULE='61 * * * *' is not a cron schedule (Bad minute;"),
+    ("* * *", "CLEANUP_SCHEDULE='* * *' is not a cron schedule (Wrong number of fields;"),
+])
+def test_schedule_is_validated_as_cron_would(settings, schedule, message):
+    settings.CLEANUP_SCHEDULE = schedule
+    [error] = settings_errors()
+    assert error.startswith(message)
+
+
+def test_schedule_is_normalised(settings):
+    settings.CLEANUP_SCHEDULE = " */15   * * * * "
+    assert job_settings().schedule == "*/15 * * * *"
