@@ -64,6 +64,7 @@ class Schedule:
         self.comment = comment
         self.log_file = folder / "logs" / "cleanup.log"  # the folder does not exist yet: the line creates it
         self.env_file = folder / "cron.env"
+        self.hashes = set()  # of every line this schedule installed: the runner leaves a lock file per hash
         self.values = {
             "SECRET_KEY": "tests-only-not-a-secret",
             "DATABASE_URL": database_url,
@@ -91,6 +92,7 @@ class Schedule:
         [line] = self.installed()
         match = LINE.match(line)
         assert match, line
+        self.hashes.add(re.search(r"crontab run (\w+)", line).group(1))
         return match.group(1).strip(), match.group(3).strip()
 
     def run_as_cron(self):
@@ -131,11 +133,10 @@ class Schedules:
         return line
 
     def clean_up(self):
-        lock_files = [Path(tempfile.gettempdir()) / f"django_crontab_{schedule.job_hash()}.lock"
-                      for schedule in self.made if len(schedule.installed()) == 1]
         write_crontab([line for line in crontab_lines() if self.token not in line])
-        for lock_file in lock_files:
-            lock_file.unlink(missing_ok=True)
+        for schedule in self.made:
+            for job_hash in schedule.hashes:
+                (Path(tempfile.gettempdir()) / f"django_crontab_{job_hash}.lock").unlink(missing_ok=True)
 
 
 @pytest.fixture
