@@ -67,7 +67,9 @@ def check_log_file(app_configs=None, **kwargs):
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent  # the folder is created on first write
-    if os.access(existing, os.W_OK):
+    # the nearest existing ancestor must be a folder we can create entries in (a regular file
+    # on the path means the folder can never be created)
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
         return []
     return [checks.Warning(
         Messages.LOG_DIR.format(path=str(job_settings().log_file)), hint=Messages.LOG_DIR_HINT, id=Messages.LOG_DIR_ID,

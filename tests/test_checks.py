@@ -113,3 +113,12 @@ def test_settings_check_reports_each_bad_setting(settings):
     settings.GENERATION_LOCK_TTL = "-5m"
     errors = [m for m in checks.run_checks() if m.id == Messages.SETTINGS_ID]
     assert [e.msg for e in errors] == ["GENERATION_LOCK_TTL='-5m' must be a positive duration"]
+
+
+def test_log_folder_check_warns_when_a_file_stands_where_the_folder_should_be(settings, tmp_path):
+    from generation.checks import check_log_file
+
+    (tmp_path / "afile").write_text("")
+    settings.CLEANUP_LOG_FILE = str(tmp_path / "afile" / "cleanup.log")
+    [warning] = check_log_file()
+    assert warning.id == Messages.LOG_DIR_ID
