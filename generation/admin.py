@@ -1,10 +1,10 @@
 """The admin: list pages, filters and actions over services (repairs) and health (read-only queries).
 
-No repair is computed here. The actions call services.repair_selected() and
-services.release_locks() (whose dry run is the confirmation page's preview),
-which record every change as a RepairRecord in a CleanupRun with trigger
-`admin` and the acting user; this module adds Django's own LogEntry for each
-changed row and tells the user what happened.
+No repair is computed here. The actions call services.repair_selected(),
+services.release_locks() and undo.undo_records() (whose dry run is the
+confirmation page's preview), which record every change as a RepairRecord in a
+CleanupRun with trigger `admin` and the acting user; this module adds Django's
+own LogEntry for each changed row and tells the user what happened.
 
 The mirrored tables belong to the backend: nobody adds, edits or deletes their
 rows here, because a free edit would bypass the audit trail the repairs keep.
@@ -12,22 +12,22 @@ rows here, because a free edit would bypass the audit trail the repairs keep.
 
 import itertools
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.contenttypes.models import ContentType as DjangoContentType
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
 
-from . import health, rules, services
+from . import health, rules, services, undo
 from .conf import job_settings
-from .models import CleanupRun, GenerationLock, GenerationStatus, RecordKind, RepairRecord
+from .models import CleanupRun, GenerationLock, GenerationStatus, RecordKind, RecordRule, RepairRecord, Trigger
 from .report import format_duration
 from .services import COUNTER_FIELDS, Mode
 
@@ -36,6 +36,7 @@ from .services import COUNTER_FIELDS, Mode
 CONFIRM_MAX = 500
 RUN_PAGE_RECORDS = 200  # records listed on a run's page; the rest are one link away
 LOG_CHUNK = 1_000  # LogEntry rows per INSERT
+REFUSALS_NAMED = 10  # refused records named in an undo's message; the run's page keeps them all
 COUNTER_LABELS = dict(zip(COUNTER_FIELDS, "TQPCF", strict=True))
 LEFT_ALONE = {  # StatusDetail.rule for a selected row that was not eligible -> how the message says it
     "not_stuck": "not stuck", "not_stalled": "not stalled", "finished": "finished",
@@ -127,21 +128,68 @@ def release_message(report: services.CleanupReport) -> tuple[int, str]:
     return level, "; ".join(parts)
 
 
+def _undo_subject(outcome: undo.UndoOutcome) -> str:
+    """A record as an undo message names it: "record #7 (counter_overflow of batch #3)"."""
+    if outcome.kind == RecordKind.STATUS:
+        return f"record #{outcome.record_id} ({outcome.rule} of batch #{outcome.target_id})"
+    if outcome.kind == RecordKind.LOCK:
+        return f"record #{outcome.record_id} ({outcome.rule} of lock #{outcome.target_id})"
+    return f"record #{outcome.record_id}"
+
+
+def undo_message(report: undo.UndoReport, *, selected) -> tuple[int, str]:
+    """(level, text) for the undo action, e.g. "2 repairs undone (1 lock taken back with its batch); 1 refused:
+    record #7 (counter_overflow of batch #3): the row changed since the repair: ...". A dry run (the confirmation
+    page, which lists every refusal beside it) says "to undo" and only counts the refused."""
+    done = "to undo" if report.dry_run else "undone"
+    undone, refused = report.undone, report.refused
+    if undone:
+        head = ngettext("%(count)d repair %(done)s", "%(count)d repairs %(done)s", len(undone)) % {
+            "count": len(undone), "done": done}
+        # a batch's repair and the lock released with it come off together, selected or not
+        carried = sum(1 for outcome in undone if outcome.record_id not in selected)
+        if carried:
+            head += " (" + ngettext("%(count)d lock taken back with its batch",
+                                    "%(count)d locks taken back with their batches", carried) % {"count": carried} + ")"
+    else:
+        head = f"No repair {done}"
+    parts = [head]
+    if refused:
+        count = ngettext("%(count)d refused", "%(count)d refused", len(refused)) % {"count": len(refused)}
+        if report.dry_run:
+            parts.append(count)
+        else:
+            named = " | ".join(f"{_undo_subject(o)}: {o.reason}" for o in refused[:REFUSALS_NAMED])
+            more = len(refused) - REFUSALS_NAMED
+            if more > 0:
+                named += f" | and {more} more (all listed on cleanup run #{report.run_id})"
+            parts.append(f"{count}: {named}")
+    return (messages.WARNING if refused or not undone else messages.SUCCESS), "; ".join(parts)
+
+
 # --- Django's admin log, mirroring the run's records -------------------------------------------
 
 
 def _log_entry(record: RepairRecord, user_id, content_types) -> LogEntry:
+    run = f"cleanup run #{record.run_id}"
     if record.kind == RecordKind.STATUS:
         b, a = record.before, record.after
         obj = GenerationStatus(id=record.target_id, account_id=record.account_id, content_type=record.content_type,
                                **{name: a[name] for name in ("status", *COUNTER_FIELDS)})
-        message = (f"Repaired by rule {record.rule} (cleanup run #{record.run_id}): T/Q/P/C/F {_counters(b)} "
-                   f"{b['status']} -> {_counters(a)} {a['status']}")
+        how = f"Undid repair record #{record.undo_of_id}" if record.rule == RecordRule.UNDO else \
+            f"Repaired by rule {record.rule}"
+        message = f"{how} ({run}): T/Q/P/C/F {_counters(b)} {b['status']} -> {_counters(a)} {a['status']}"
         flag, model = CHANGE, GenerationStatus
+    elif record.rule == RecordRule.UNDO:
+        # an undone lock deletion: the lock was inserted again, and the record holds it as `after`
+        obj = GenerationLock(id=record.target_id, account_id=record.account_id, content_type=record.content_type,
+                             lock_id=record.after["lock_id"])
+        message = f"Re-created: undo of repair record #{record.undo_of_id} ({run})"
+        flag, model = ADDITION, GenerationLock
     else:
         obj = GenerationLock(id=record.target_id, account_id=record.account_id, content_type=record.content_type,
                              lock_id=record.before["lock_id"])
-        message = f"Deleted: {record.rule.replace('_', ' ')} (cleanup run #{record.run_id})"
+        message = f"Deleted: {record.rule.replace('_', ' ')} ({run})"
         flag, model = DELETION, GenerationLock
     return LogEntry(user_id=user_id, content_type_id=content_types[model].pk, object_id=str(record.target_id),
                     object_repr=str(obj)[:200], action_flag=flag, change_message=message)
@@ -606,13 +654,24 @@ class CleanupRunAdmin(ReadOnlyAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
 
+def _lock_id(record: RepairRecord) -> str:
+    """The lock a lock record is about: a deletion holds it as `before`, an undo (a re-creation) as `after`."""
+    return (record.before or {}).get("lock_id") or (record.after or {}).get("lock_id") or ""
+
+
 def _record_row(record: RepairRecord) -> dict:
     if record.kind == RecordKind.STATUS:
         b, a = record.before, record.after
         change = f"{b['status']} {_counters(b)} → {a['status']} {_counters(a)}"
+    elif record.rule == RecordRule.UNDO:
+        change = f"lock {_lock_id(record)} re-created"
     else:
-        change = f"lock {record.before.get('lock_id')} deleted"
+        change = f"lock {_lock_id(record)} deleted"
     return {"record": record, "change": change}
+
+
+def _record_link(record_id, text):
+    return format_html('<a href="{}">{}</a>', reverse("admin:generation_repairrecord_change", args=[record_id]), text)
 
 
 @admin.register(RepairRecord)
@@ -625,9 +684,17 @@ class RepairRecordAdmin(ReadOnlyAdmin):
     search_help_text = "An account id."
     ordering = ("-id",)  # newest first
     list_per_page = 100
-    fields = ("id", "created_at", "rule", "kind", "target", "account_id", "content_type", "actor", "run_link",
-              "undo_of")
-    readonly_fields = ("target", "run_link")
+    actions = ("undo_selected",)
+    readonly_fields = ("target", "run_link", "undoes", "undone_by_link")
+
+    def get_fields(self, request, obj=None):
+        # an undo names what it undid; any other record names the undo that took it back, if any
+        link = "undoes" if obj is not None and obj.rule == RecordRule.UNDO else "undone_by_link"
+        return ("id", "created_at", "rule", "kind", "target", "account_id", "content_type", "actor", "run_link", link)
+
+    def has_repair_permission(self, request):
+        # undoing a repair changes the mirrored rows as a repair does: the same permission
+        return request.user.has_perm("generation.repair_generationstatus")
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
@@ -654,13 +721,13 @@ class RepairRecordAdmin(ReadOnlyAdmin):
     @admin.display(description="change")
     def change(self, obj):
         if obj.kind == RecordKind.LOCK:
-            return "deleted"  # the lock id is on hover over the target
+            return "re-created" if obj.rule == RecordRule.UNDO else "deleted"  # the lock id is on hover over the target
         return format_html('<span class="gen-mono gen-small">{}</span>', _record_row(obj)["change"])
 
     @admin.display(description="target", ordering="target_id")
     def target(self, obj):
         if obj.kind == RecordKind.LOCK:
-            return format_html('<span title="{}">lock #{}</span>', obj.before.get("lock_id", ""), obj.target_id)
+            return format_html('<span title="{}">lock #{}</span>', _lock_id(obj), obj.target_id)
         url = reverse("admin:generation_generationstatus_change", args=[obj.target_id])
         return format_html('<a href="{}">batch #{}</a>', url, obj.target_id)
 
@@ -669,23 +736,123 @@ class RepairRecordAdmin(ReadOnlyAdmin):
         url = reverse("admin:generation_cleanuprun_change", args=[obj.run_id])
         return format_html('<a href="{}">#{} {}</a>', url, obj.run_id, obj.run.trigger)
 
+    @admin.display(description="undoes")
+    def undoes(self, obj):
+        if obj.undo_of_id is None:
+            return "-"
+        original = obj.undo_of
+        row = "batch" if original.kind == RecordKind.STATUS else "lock"
+        return format_html('<span id="gen-undo-of">{} ({} of {} #{})</span>',
+                           _record_link(original.pk, f"record #{original.pk}"), original.rule, row, original.target_id)
+
+    @admin.display(description="undone by")
+    def undone_by_link(self, obj):
+        undos = list(obj.undone_by.select_related("run", "actor").order_by("pk"))
+        if not undos:
+            return "not undone"
+        return format_html('<span id="gen-undone-by">{}</span>', format_html_join(
+            ", ", "{} (run #{} {}{})",
+            ((_record_link(u.pk, f"record #{u.pk}"), u.run_id, u.run.trigger, f" by {u.actor}" if u.actor else "")
+             for u in undos)))
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         record = self.get_object(request, object_id)
-        extra_context = {**(extra_context or {}), "comparison": _comparison(record) if record else []}
+        offer_undo = (record is not None and record.rule != RecordRule.UNDO and self.has_repair_permission(request)
+                      and not record.undone_by.exists())
+        extra_context = {
+            **(extra_context or {}),
+            "comparison": _comparison(record) if record else [],
+            "is_undo": record is not None and record.rule == RecordRule.UNDO,
+            "offer_undo": offer_undo,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
         return super().change_view(request, object_id, form_url, extra_context)
+
+    # --- undo
+
+    @admin.action(description="Undo selected repairs…", permissions=["repair"])
+    def undo_selected(self, request, queryset):
+        """Django's delete_selected pattern: the undo's dry run as the preview, the undo on the second POST."""
+        if not self.has_repair_permission(request):  # get_actions() hides it; this guards the call itself
+            raise PermissionDenied
+        ids = list(queryset.values_list("pk", flat=True))
+        if not ids:
+            self.message_user(request, "None of the selected repairs is there any more.", messages.WARNING)
+            return None
+        if len(ids) > CONFIRM_MAX:
+            self.message_user(request, f"Select at most {CONFIRM_MAX} repairs for this action ({len(ids)} selected).",
+                              messages.ERROR)
+            return None
+        confirmed = request.POST.get("post") == "yes"
+        try:
+            report = undo.undo_records(ids=ids, actor=request.user, trigger=Trigger.ADMIN, dry_run=not confirmed)
+        except undo.UndoAborted as exc:
+            after = ("The repairs undone before it stay undone; the repair history lists them." if confirmed
+                     else "Nothing was changed.")
+            self.message_user(request, f"Undo aborted: {exc}. {after}", messages.ERROR)
+            return None
+        if confirmed:
+            log_run(request, report.run_id)
+            level, text = undo_message(report, selected=set(ids))
+            self.message_user(request, text, level)
+            return None
+        now, lock_ttl = services.database_now(), job_settings().lock_ttl
+        rows = [_undo_row(outcome, selected=set(ids), now=now, lock_ttl=lock_ttl) for outcome in report.outcomes]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Undo repairs",
+            "subtitle": None,
+            "summary": undo_message(report, selected=set(ids))[1],
+            "undone": [row for row in rows if not row["outcome"].refused],
+            "refused": [row for row in rows if row["outcome"].refused],
+            "lock_ttl": format_duration(lock_ttl),
+            "ids": ids,
+            "action": "undo_selected",
+            "opts": self.opts,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/generation/undo_confirmation.html", context)
+
+
+def _undo_row(outcome: undo.UndoOutcome, *, selected, now, lock_ttl) -> dict:
+    """One record on the undo confirmation page: the row as it is and as the undo would leave it, or the refusal.
+    A lock comes back with its original locked_at: one that had expired is expired again, and the next cleanup
+    run deletes it again unless the TTL was raised."""
+    row = {"outcome": outcome, "carried": outcome.record_id not in selected,
+           "is_status": outcome.kind == RecordKind.STATUS}
+    if outcome.refused or outcome.restored is None:
+        return row
+    if row["is_status"]:
+        now_row, after = outcome.current, outcome.restored
+        row.update({
+            "status_before": now_row["status"], "status_after": after["status"],
+            "status_changed": now_row["status"] != after["status"],
+            "cells": [{"label": COUNTER_LABELS[name], "before": now_row[name], "after": after[name],
+                       "changed": now_row[name] != after[name]} for name in COUNTER_FIELDS],
+            "completed_at": (now_row["completed_at"], after["completed_at"])
+            if now_row["completed_at"] != after["completed_at"] else None,
+        })
+    else:
+        held = max(now - datetime.fromisoformat(outcome.restored["locked_at"]), timedelta(0))
+        row.update({"lock_id": outcome.restored["lock_id"], "held": format_duration(held),
+                    "expired_again": held > lock_ttl})
+    return row
 
 
 def _comparison(record: RepairRecord) -> list[dict]:
-    """Each field before and after, side by side; a deleted row (a released lock) has no after."""
+    """Each field before and after, side by side: a deleted row (a released lock) has no after, a re-created one
+    (an undone lock deletion) no before."""
     before, after = record.before or {}, record.after
     names = list(before) + [name for name in (after or {}) if name not in before]
+    created = not before and after is not None
     return [
         {
             "name": name,
-            "before": before.get(name),
+            "before": "(absent)" if created else before.get(name),
             "after": "(deleted)" if after is None else after.get(name),
-            "changed": after is None or before.get(name) != after.get(name),
+            "changed": after is None or created or before.get(name) != after.get(name),
         }
         for name in names
     ]
-

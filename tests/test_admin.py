@@ -6,8 +6,9 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.contrib import messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied
 from django.db import connection
@@ -17,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from generation import admin as generation_admin
-from generation import services
+from generation import services, undo
 from generation.models import (
     CleanupRun,
     GenerationLock,
@@ -497,7 +498,9 @@ def test_history_pages_refuse_add_change_and_delete_even_to_a_superuser(admin_cl
     assert admin_client.get(reverse(f"admin:generation_{name}_delete", args=[obj.pk])).status_code == 403
     assert admin_client.post(reverse(f"admin:generation_{name}_delete", args=[obj.pk]), {"post": "yes"}).status_code \
         == 403
-    assert _action_choices(admin_client, reverse(f"admin:generation_{name}_changelist")) == set()
+    # no delete_selected; the repair list's one action is the undo, which changes the mirrored rows, not the history
+    assert _action_choices(admin_client, reverse(f"admin:generation_{name}_changelist")) == (
+        {"undo_selected"} if name == "repairrecord" else set())
     type(obj).objects.get(pk=obj.pk)  # still there
 
 
@@ -580,3 +583,243 @@ def test_the_admin_index_links_the_health_page(admin_client):
     html = admin_client.get(reverse("admin:index")).content.decode()
     assert f'<a href="{HEALTH_URL}">Health</a>' in html
     assert 'id="recent-actions-module"' in html  # the index it extends is still there
+
+
+# --- Undo selected repairs ------------------------------------------------------------------------
+
+RECORDS_URL = reverse("admin:generation_repairrecord_changelist")
+
+
+def status_record_of(row):
+    return RepairRecord.objects.get(kind=RecordKind.STATUS, target_id=row.pk, undo_of=None)
+
+
+def lock_record_of(lock_id):
+    return RepairRecord.objects.get(kind=RecordKind.LOCK, before__lock_id=lock_id, undo_of=None)
+
+
+def record_tr(html, record_id):
+    return re.search(rf'<tr data-record="{record_id}"[^>]*>.*?</tr>', html, re.S).group(0)
+
+
+def test_undo_confirms_first_with_what_each_record_would_do_then_undoes(operator_client, operator):
+    finished = batch(10, 0, 2, 7, 3, lock=True)  # all_accounted, its lock (held 3h31m) released with it
+    overflow = batch(10, 2, 5, 6, 0)
+    lock = GenerationLock.objects.get(lock_id=finished.lock_id)
+    services.repair_selected(ids=[finished.pk, overflow.pk], actor=operator)
+    finished_record, overflow_record = status_record_of(finished), status_record_of(overflow)
+    released = lock_record_of(lock.lock_id)
+    selected = [finished_record, overflow_record]  # not the lock's record: it comes off with its batch
+    runs, records = CleanupRun.objects.count(), RepairRecord.objects.count()
+
+    page = operator_client.post(RECORDS_URL, {"action": "undo_selected",
+                                              ACTION_CHECKBOX_NAME: [r.pk for r in selected]})
+    assert page.status_code == 200
+    assert page.templates[0].name == "admin/generation/undo_confirmation.html"
+    html = page.content.decode()
+    assert "3 repairs to undo (1 lock taken back with its batch)." in html
+    row = record_tr(html, finished_record.pk)
+    assert "partial 10/0/0/7/3" in row and '<mark class="gen-changed">processing</mark>' in row
+    assert re.search(r'title="P 0 → 2">2</mark>', row)
+    assert "completed_at <mark" in row  # the repair finished the batch: the undo empties completed_at again
+    assert '<mark class="gen-changed">processing</mark>' not in record_tr(html, overflow_record.pk)  # still in progress
+    lock_row = record_tr(html, released.pk)
+    assert lock.lock_id in lock_row and "with its batch" in lock_row and 'class="gen-flag"' in lock_row
+    assert "older than the lock TTL (3h): the next cleanup run deletes it again" in lock_row
+    assert '<input type="hidden" name="post" value="yes">' in html and 'value="Yes, undo these repairs"' in html
+    # the preview was rolled back: nothing changed, nothing recorded
+    assert counters(finished) == (10, 0, 0, 7, 3, "partial") and counters(overflow) == (10, 2, 2, 6, 0, "processing")
+    assert not GenerationLock.objects.filter(lock_id=lock.lock_id).exists()
+    assert (CleanupRun.objects.count(), RepairRecord.objects.count(), LogEntry.objects.count()) == (runs, records, 0)
+
+    response = act(operator_client, RECORDS_URL, "undo_selected", selected, post="yes")
+    assert messages_of(response) == [("success", "3 repairs undone (1 lock taken back with its batch)")]
+    assert counters(finished) == (10, 0, 2, 7, 3, "processing") and counters(overflow) == (10, 2, 5, 6, 0, "processing")
+    back = GenerationLock.objects.get(pk=lock.pk)
+    assert (back.lock_id, back.locked_at) == (lock.lock_id, lock.locked_at)
+    run = CleanupRun.objects.latest("id")
+    assert (run.trigger, run.actor, run.outcome) == (Trigger.ADMIN, operator, "ok")
+    undos = RepairRecord.objects.filter(rule=RecordRule.UNDO)
+    assert {(u.undo_of_id, u.kind, u.actor, u.run_id) for u in undos} == {
+        (finished_record.pk, RecordKind.STATUS, operator, run.pk), (overflow_record.pk, RecordKind.STATUS, operator, run.pk),
+        (released.pk, RecordKind.LOCK, operator, run.pk)}
+    entries = {(e.content_type.model, e.object_id): e for e in LogEntry.objects.filter(user=operator)}
+    assert {(*key, e.action_flag) for key, e in entries.items()} == {
+        ("generationstatus", str(finished.pk), CHANGE), ("generationstatus", str(overflow.pk), CHANGE),
+        ("generationlock", str(lock.pk), ADDITION)}
+    assert entries["generationstatus", str(finished.pk)].change_message == (
+        f"Undid repair record #{finished_record.pk} (cleanup run #{run.pk}): "
+        "T/Q/P/C/F 10/0/0/7/3 partial -> 10/0/2/7/3 processing")
+    lock_entry = entries["generationlock", str(lock.pk)]
+    assert lock_entry.change_message == f"Re-created: undo of repair record #{released.pk} (cleanup run #{run.pk})"
+    assert lock.lock_id in lock_entry.object_repr
+
+
+def test_a_refused_undo_is_named_with_its_reason_and_changes_nothing(operator_client, operator):
+    moved, calm = batch(10, 2, 5, 6, 0), batch(10, 2, 5, 6, 0)
+    services.repair_selected(ids=[moved.pk, calm.pk], actor=operator)
+    moved_record, calm_record = status_record_of(moved), status_record_of(calm)
+    GenerationStatus.objects.filter(pk=moved.pk).update(total_processing=3)  # someone wrote the row since
+    reason = "the row changed since the repair: total_processing is 3, the repair left 2"
+
+    html = operator_client.post(RECORDS_URL, {"action": "undo_selected",
+                                              ACTION_CHECKBOX_NAME: [moved_record.pk]}).content.decode()
+    assert "No repair to undo; 1 refused." in html
+    assert reason in record_tr(html, moved_record.pk)
+    assert "None of the selected repairs can be undone." in html and 'value="Yes, undo' not in html
+
+    response = act(operator_client, RECORDS_URL, "undo_selected", [moved_record, calm_record], post="yes")
+    assert messages_of(response) == [(
+        "warning",
+        f"1 repair undone; 1 refused: record #{moved_record.pk} (counter_overflow of batch #{moved.pk}): {reason}")]
+    assert counters(moved) == (10, 2, 3, 6, 0, "processing")
+    assert counters(calm) == (10, 2, 5, 6, 0, "processing")
+    assert list(RepairRecord.objects.filter(rule=RecordRule.UNDO).values_list("undo_of", flat=True)) == [calm_record.pk]
+    assert list(LogEntry.objects.values_list("object_id", flat=True)) == [str(calm.pk)]
+    assert CleanupRun.objects.latest("id").outcome == "errors"
+
+    response = act(operator_client, RECORDS_URL, "undo_selected", [moved_record], post="yes")
+    assert messages_of(response)[0][0] == "warning" and messages_of(response)[0][1].startswith("No repair undone; 1 refused")
+    assert counters(moved) == (10, 2, 3, 6, 0, "processing")
+
+
+def test_undo_message_uses_the_singular_and_names_at_most_ten_refusals():
+    def outcome(record_id, reason=""):
+        return undo.UndoOutcome(record_id, kind=RecordKind.STATUS, rule="counter_overflow", target_id=record_id + 100,
+                                reason=reason)
+
+    done = undo.UndoReport(trigger=Trigger.ADMIN, dry_run=False, run_id=5, outcomes=[outcome(1)])
+    assert generation_admin.undo_message(done, selected={1}) == (messages.SUCCESS, "1 repair undone")
+    refused = [outcome(i, "busy") for i in range(10, 22)]
+    report = undo.UndoReport(trigger=Trigger.ADMIN, dry_run=False, run_id=5, outcomes=refused)
+    level, text = generation_admin.undo_message(report, selected=set(range(10, 22)))
+    assert level == messages.WARNING
+    assert text.startswith("No repair undone; 12 refused: record #10 (counter_overflow of batch #110): busy | ")
+    assert text.count(": busy") == 10 and text.endswith(" | and 2 more (all listed on cleanup run #5)")
+
+
+def test_a_lost_connection_during_the_undo_is_an_error_message(operator_client, operator, monkeypatch):
+    row = batch(10, 2, 5, 6, 0)
+    services.repair_selected(ids=[row.pk], actor=operator)
+    record = status_record_of(row)
+
+    def aborted(**kwargs):
+        raise undo.UndoAborted("lost the database connection (server closed the connection unexpectedly)")
+
+    monkeypatch.setattr(undo, "undo_records", aborted)
+    response = act(operator_client, RECORDS_URL, "undo_selected", [record])
+    assert messages_of(response) == [("error", "Undo aborted: lost the database connection (server closed the "
+                                               "connection unexpectedly). Nothing was changed.")]
+    response = act(operator_client, RECORDS_URL, "undo_selected", [record], post="yes")
+    assert messages_of(response) == [("error", "Undo aborted: lost the database connection (server closed the "
+                                               "connection unexpectedly). The repairs undone before it stay undone; "
+                                               "the repair history lists them.")]
+
+
+def test_too_large_a_selection_to_undo_is_refused(operator_client, operator, monkeypatch):
+    monkeypatch.setattr(generation_admin, "CONFIRM_MAX", 1)
+    rows = [batch(10, 2, 5, 6, 0) for _ in range(2)]
+    services.repair_selected(ids=[r.pk for r in rows], actor=operator)
+    response = act(operator_client, RECORDS_URL, "undo_selected", list(RepairRecord.objects.all()))
+    assert messages_of(response) == [("error", "Select at most 1 repairs for this action (2 selected).")]
+    assert not RepairRecord.objects.filter(rule=RecordRule.UNDO).exists()
+
+
+def test_undo_needs_the_repair_permission(client, viewer, operator):
+    row = batch(10, 2, 5, 6, 0)
+    services.repair_selected(ids=[row.pk], actor=operator)
+    record = status_record_of(row)
+    record_url = reverse("admin:generation_repairrecord_change", args=[record.pk])
+    client.force_login(operator)
+    assert _action_choices(client, RECORDS_URL) == {"undo_selected"}
+    assert 'id="gen-undo-form"' in client.get(record_url).content.decode()
+
+    client.force_login(viewer)
+    assert _action_choices(client, RECORDS_URL) == set()
+    assert 'id="gen-undo-form"' not in client.get(record_url).content.decode()
+    for extra in ({}, {"post": "yes"}):
+        response = act(client, RECORDS_URL, "undo_selected", [record], **extra)
+        assert response.status_code in (200, 403)
+        assert response.templates[0].name != "admin/generation/undo_confirmation.html"
+    assert counters(row) == (10, 2, 2, 6, 0, "processing")
+    assert (RepairRecord.objects.count(), LogEntry.objects.count()) == (1, 0)
+
+    request = RequestFactory().post(RECORDS_URL)
+    request.user = viewer
+    from django.contrib.admin import site
+
+    with pytest.raises(PermissionDenied):
+        site._registry[RepairRecord].undo_selected(request, RepairRecord.objects.all())
+    assert counters(row) == (10, 2, 2, 6, 0, "processing")
+
+
+def test_the_undo_button_on_a_repairs_page_leads_to_the_confirmation(operator_client, operator):
+    row = batch(10, 2, 5, 6, 0)
+    services.repair_selected(ids=[row.pk], actor=operator)
+    record = status_record_of(row)
+    html = operator_client.get(reverse("admin:generation_repairrecord_change", args=[record.pk])).content.decode()
+    form = re.search(r'<form method="post" action="([^"]+)" id="gen-undo-form".*?</form>', html, re.S)
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]+)">', form.group(0)))
+    assert form.group(1) == RECORDS_URL and fields["action"] == "undo_selected"
+    assert fields[ACTION_CHECKBOX_NAME] == str(record.pk)
+    page = operator_client.post(form.group(1), {k: v for k, v in fields.items() if k != "csrfmiddlewaretoken"})
+    assert page.templates[0].name == "admin/generation/undo_confirmation.html"
+    assert "1 repair to undo." in page.content.decode()
+    assert counters(row) == (10, 2, 2, 6, 0, "processing")
+
+
+def test_undo_records_pages_link_both_ways_and_show_what_changed(admin_client, admin_user):
+    row = batch(10, 0, 2, 7, 3, lock=True)
+    lock = GenerationLock.objects.get(lock_id=row.lock_id)
+    services.repair_selected(ids=[row.pk], actor=admin_user)
+    original, released = status_record_of(row), lock_record_of(lock.lock_id)
+    report = undo.undo_records(ids=[original.pk], actor=admin_user, trigger=Trigger.ADMIN)
+    status_undo = RepairRecord.objects.get(undo_of=original)
+    lock_undo = RepairRecord.objects.get(undo_of=released)
+
+    def page(record):
+        response = admin_client.get(reverse("admin:generation_repairrecord_change", args=[record.pk]))
+        assert response.status_code == 200
+        return response.content.decode()
+
+    html = page(status_undo)
+    changed = set(re.findall(r'<tr class="gen-changed" data-field="(\w+)">', html))
+    assert changed == {"total_processing", "status", "completed_at", "updated_at"}
+    assert set(re.findall(r'<tr data-field="(\w+)">', html)) == {
+        "total_requested", "total_queued", "total_completed", "total_failed"}
+    status_row = re.search(r'data-field="status">.*?</tr>', html, re.S).group(0)
+    assert status_row.index("partial") < status_row.index("processing")  # before: what the repair left
+    assert "Highlighted: the fields this undo changed." in html
+    undo_of = re.search(r'<span id="gen-undo-of">.*?</span>', html, re.S).group(0)
+    assert f'/{original.pk}/change/">record #{original.pk}</a> (all_accounted of batch #{row.pk})' in undo_of
+    assert 'id="gen-undo-form"' not in html  # an undo is not undone; the row is repaired again instead
+
+    html = page(lock_undo)
+    rows = {name: (before, after) for name, before, after in re.findall(
+        r'<tr class="gen-changed" data-field="(\w+)">.*?<td class="gen-mono">(.*?)</td>\s*'
+        r'<td class="gen-mono gen-after">(.*?)</td>', html, re.S)}
+    assert rows["lock_id"] == ("(absent)", lock.lock_id)
+    assert set(rows) == {"lock_id", "account_id", "content_type", "locked_at", "created_at"}
+    assert f'/{released.pk}/change/">record #{released.pk}</a> (released_with_batch of lock #{lock.pk})' in html
+
+    for record, undone_by in ((original, status_undo), (released, lock_undo)):
+        html = page(record)
+        by = re.search(r'<span id="gen-undone-by">.*?</span>', html, re.S).group(0)
+        assert f'/{undone_by.pk}/change/">record #{undone_by.pk}</a> (run #{report.run_id} admin by admin)' in by
+        assert 'id="gen-undo-form"' not in html  # already undone
+    assert "not undone" in page(RepairRecord.objects.create(
+        run=original.run, kind=RecordKind.LOCK, target_id=999, account_id=1, content_type="video",
+        rule=RecordRule.EXPIRED_LOCK, before={"lock_id": "x"}, after=None))
+
+    run_html = admin_client.get(reverse("admin:generation_cleanuprun_change", args=[report.run_id])).content.decode()
+    assert f"lock {lock.lock_id} re-created" in run_html and "lock None" not in run_html
+    assert "partial 10/0/0/7/3 → processing 10/0/2/7/3" in run_html
+    assert f'undo</span> of <a href="/admin/generation/repairrecord/{original.pk}/change/">#{original.pk}</a>' in run_html
+    list_html = admin_client.get(RECORDS_URL + "?rule__exact=undo").content.decode()
+    lock_tr = row_html(list_html, lock_undo.pk)
+    assert f'<span title="{lock.lock_id}">lock #{lock.pk}</span>' in lock_tr and "re-created" in lock_tr
+
+    html = admin_client.post(RECORDS_URL, {"action": "undo_selected",
+                                           ACTION_CHECKBOX_NAME: [status_undo.pk, original.pk]}).content.decode()
+    assert "is itself an undo; to change the row again, repair it" in record_tr(html, status_undo.pk)
+    assert f"already undone by record #{status_undo.pk}" in record_tr(html, original.pk)
