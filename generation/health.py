@@ -361,8 +361,10 @@ def overview(*, job: JobSettings | None = None) -> Health:
     report.last_run = runs.order_by("-started_at", "-id").first()
     # "Successful" for the schedule's sake: the job ran to the end. A run that found corrupt batches ends with
     # outcome `errors` every time until someone fixes them by hand; that is a finding, not a dead schedule.
+    # undo_repair also runs with trigger "command"; it is not the cleanup job running
     report.last_completed = (runs.filter(trigger__in=JOB_TRIGGERS, outcome__in=(Outcome.OK, Outcome.ERRORS),
                                          finished_at__isnull=False, dry_run=False)
+                             .exclude(filters__has_key="undo")
                              .order_by("-finished_at", "-id").first())
 
     try:

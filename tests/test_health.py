@@ -266,3 +266,11 @@ def test_overview_chart_counts_todays_repairs(admin_user):
         "all_accounted": 1, "no_active_tasks": 1, "counter_overflow": 0, "stalled_failed": 0, "expired_lock": 0,
         "released_by_hand": 0}
     assert health.overview().warnings == []
+
+
+@pytest.mark.django_db
+def test_an_undo_command_run_is_not_the_cleanup_job_running():
+    job = _run(trigger="command", finished_ago=timedelta(hours=5))
+    undo_run = _run(trigger="command", finished_ago=timedelta(minutes=1))
+    CleanupRun.objects.filter(pk=undo_run.pk).update(filters={"undo": [1, 2]})
+    assert health.overview().last_completed == job
