@@ -8,6 +8,7 @@ Every variable is listed, with its default, in README.md ("Configuration").
 
 import logging
 import os
+import re
 import shlex
 import sys
 import warnings
@@ -19,8 +20,28 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
+
+
+def _read_env_file(path):
+    """Read .env (real environment variables win), then tidy what django-environ leaves of an
+    inline comment: it keeps the blanks before `# ...` and the quotes of `"*/30 * * * *"  # ...`."""
+    environ.Env.read_env(path, parse_comments=True)
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return  # no .env: the environment alone
+    for name in re.findall(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=", text, re.MULTILINE):
+        value = os.environ.get(name)
+        if value is None:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        os.environ[name] = value
+
+
 # ENV_FILE points elsewhere (tests, several deployments on one host).
-environ.Env.read_env(env.str("ENV_FILE", default=str(BASE_DIR / ".env")), parse_comments=True)
+_read_env_file(env.str("ENV_FILE", default=str(BASE_DIR / ".env")))
 
 DEBUG = env.bool("DEBUG", default=False)
 

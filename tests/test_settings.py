@@ -51,3 +51,27 @@ def test_relative_sqlite_url_is_anchored_to_the_project_root(tmp_path):
     )
     from .helpers import ROOT
     assert result.stdout.strip().splitlines()[-1] == str(ROOT / "relative.sqlite3")
+
+
+def test_env_example_as_shipped_passes_the_checks(tmp_path):
+    """.env.example says "copy to .env": as it stands (quotes, inline comments), it must work."""
+    from .helpers import ROOT
+
+    result = manage("check", env={"ENV_FILE": str(ROOT / ".env.example")})
+    assert result.returncode == 0, result.stderr
+    shown = manage(
+        "shell", "-c",
+        "from django.conf import settings as s; print(repr(s.CLEANUP_SCHEDULE), repr(s.LOG_FORMAT), s.LOG_LEVEL)",
+        env={"ENV_FILE": str(ROOT / ".env.example")},
+    )
+    assert shown.stdout.strip().splitlines()[-1] == "'*/30 * * * *' 'text' INFO"
+
+
+def test_quoted_values_and_blanks_before_comments_are_tidied(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text('CLEANUP_SCHEDULE="*/15 * * * *"   # every quarter\nLOG_FORMAT=json    # machines\n')
+    result = manage(
+        "shell", "-c", "from django.conf import settings as s; print(repr(s.CLEANUP_SCHEDULE), repr(s.LOG_FORMAT))",
+        env={"ENV_FILE": str(env_file)},
+    )
+    assert result.stdout.strip().splitlines()[-1] == "'*/15 * * * *' 'json'"
