@@ -146,3 +146,33 @@ def test_exit_0_and_skipped_when_another_run_holds_the_lock():
     assert code == 0
     assert (report["outcome"], report["skipped_reason"]) == ("skipped", "another run holds the lock")
     assert report["statuses"]["examined"] == 0
+
+
+def test_unreachable_database_at_a_terminal_is_still_one_line():
+    """At a terminal the progress bar counts the backlog first: that query must fail just as cleanly."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+
+    env = {**os.environ, "SECRET_KEY": "x", "DATABASE_URL": "postgres://butter:pw-never-shown@127.0.0.1:1/butter"}
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "cleanup_stuck_generation"],
+                               stdin=follower, stdout=follower, stderr=follower, env=env, cwd=ROOT)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the follower side closed: the process is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=60) == 1
+    text = output.decode()
+    assert "Traceback" not in text
+    assert "CommandError: cannot reach the database butter on 127.0.0.1:1:" in text
+    assert "pw-never-shown" not in text

@@ -97,11 +97,10 @@ class Command(BaseCommand):
             self.stdout.write(_start_line(params))
 
         progress = None
-        on_page = None
-        if not as_json:
-            progress = self._progress_bar(params)
-            on_page = self._page_printer(verbosity, progress)
         try:
+            # inside the try: counting the backlog for the bar is the first query of the run
+            progress = None if as_json else self._progress_bar(params)
+            on_page = None if as_json else self._page_printer(verbosity, progress)
             report = services.cleanup(trigger=Trigger.COMMAND, on_page=on_page, **params)
         except services.CleanupAborted as exc:
             raise CommandError(f"cleanup aborted: {exc}", returncode=1) from None
