@@ -15,6 +15,7 @@ from django.db.models import (
     Case,
     CharField,
     Count,
+    DecimalField,
     ExpressionWrapper,
     F,
     OuterRef,
@@ -23,7 +24,7 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.functions import TruncDate
+from django.db.models.functions import Cast, TruncDate
 from django.db.models.lookups import Exact, GreaterThan, GreaterThanOrEqual
 from django.utils import timezone
 
@@ -62,7 +63,8 @@ def stuck_q(cutoff: datetime) -> Q:
 
 def rule_case() -> Case:
     """rules.decide() for an in-progress row without fail_stalled, as SQL; NULL for finished rows."""
-    t, q, p, c, f = (F(name) for name in COUNTER_FIELDS)
+    # As numeric, like Python's unbounded ints: bigint sums near 2^63 would overflow (and fail the query).
+    t, q, p, c, f = (Cast(F(name), DecimalField(max_digits=30, decimal_places=0)) for name in COUNTER_FIELDS)
     corrupt = Q()
     for name in COUNTER_FIELDS:
         corrupt |= Q(**{f"{name}__isnull": True}) | Q(**{f"{name}__lt": 0})

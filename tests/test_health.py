@@ -274,3 +274,14 @@ def test_an_undo_command_run_is_not_the_cleanup_job_running():
     undo_run = _run(trigger="command", finished_ago=timedelta(minutes=1))
     CleanupRun.objects.filter(pk=undo_run.pk).update(filters={"undo": [1, 2]})
     assert health.overview().last_completed == job
+
+
+@pytest.mark.django_db
+def test_the_sql_classification_survives_counters_at_the_bigint_limit():
+    big = 2**63 - 1
+    combos = [(5, big, big, 0, 0), (big, 0, 0, big, big), (big, 1, 0, big - 2, 0), (3, 0, big, 0, 0), (big, big, 0, 0, 0)]
+    GenerationStatus.objects.bulk_create([make(*c, status="processing", account=i) for i, c in enumerate(combos)])
+    rows = GenerationStatus.objects.annotate(sql_rule=health.rule_case()).order_by("account_id").values_list(
+        "total_requested", "total_queued", "total_processing", "total_completed", "total_failed", "sql_rule")
+    for *counters, sql_rule in rows:
+        assert sql_rule == rules.decide(Counters(*counters), "processing").rule.value, counters
