@@ -646,7 +646,8 @@ class CleanupRunAdmin(ReadOnlyAdmin):
         return f"{seconds:.2f}s" if seconds < 60 else format_duration(seconds)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        records, count = health.run_records(int(object_id), limit=RUN_PAGE_RECORDS) if object_id.isdigit() else ([], 0)
+        run_id = health.as_id(object_id)
+        records, count = health.run_records(run_id, limit=RUN_PAGE_RECORDS) if run_id is not None else ([], 0)
         extra_context = {
             **(extra_context or {}), "records": [_record_row(r) for r in records], "records_count": count,
             "records_url": reverse("admin:generation_repairrecord_changelist") + f"?run__id__exact={object_id}",
@@ -700,7 +701,8 @@ class RepairRecordAdmin(ReadOnlyAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        return (queryset.filter(account_id=int(term)) if term.isdigit() else queryset.none()), False
+        account_id = health.as_id(term)
+        return (queryset.filter(account_id=account_id) if account_id is not None else queryset.none()), False
 
     @admin.display(description="at", ordering="created_at")
     def created(self, obj):

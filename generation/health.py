@@ -101,11 +101,20 @@ def filter_not_stuck(queryset, *, cutoff: datetime):
     return queryset.exclude(stuck_q(cutoff))
 
 
+BIGINT_MAX = 2**63 - 1
+
+
+def as_id(term: str) -> int | None:
+    """A search term as a bigint id, or None (not a number, or past bigint: the query would fail)."""
+    term = term.strip()
+    return int(term) if term.isascii() and term.isdigit() and int(term) <= BIGINT_MAX else None
+
+
 def search_statuses(queryset, term: str):
     """An account id or an exact lock id: both are indexed, where a substring search would scan the table."""
     term = term.strip()
-    if term.isdigit():
-        return queryset.filter(Q(account_id=int(term)) | Q(lock_id=term))
+    if (account_id := as_id(term)) is not None:
+        return queryset.filter(Q(account_id=account_id) | Q(lock_id=term))
     return queryset.filter(lock_id=term)
 
 
@@ -136,8 +145,8 @@ def filter_expired(queryset, *, cutoff: datetime, expired: bool):
 
 def search_locks(queryset, term: str):
     term = term.strip()
-    if term.isdigit():
-        return queryset.filter(Q(account_id=int(term)) | Q(lock_id=term))
+    if (account_id := as_id(term)) is not None:
+        return queryset.filter(Q(account_id=account_id) | Q(lock_id=term))
     return queryset.filter(lock_id=term)
 
 

@@ -158,6 +158,16 @@ def test_search_by_account_id_and_lock_id(admin_client):
     assert listed_ids(admin_client.get(STATUSES_URL, {"q": "no-such-lock"})) == []
 
 
+@pytest.mark.parametrize("term", ["²", "99999999999999999999", "-1", "١٢"])
+def test_search_terms_that_are_not_bigint_ids_find_nothing_and_never_fail(admin_client, term):
+    batch(10, 0, 0, 10, 0, lock=True)
+    for url in (STATUSES_URL, LOCKS_URL, "/admin/generation/repairrecord/"):
+        response = admin_client.get(url, {"q": term})
+        assert response.status_code == 200, url
+        assert response.context["cl"].result_count == 0, url
+    assert admin_client.get("/admin/generation/cleanuprun/99999999999999999999/change/").status_code in (302, 404)
+
+
 def _queries(client, url):
     with CaptureQueriesContext(connection) as queries:
         response = client.get(url)
@@ -823,3 +833,22 @@ def test_undo_records_pages_link_both_ways_and_show_what_changed(admin_client, a
                                            ACTION_CHECKBOX_NAME: [status_undo.pk, original.pk]}).content.decode()
     assert "is itself an undo; to change the row again, repair it" in record_tr(html, status_undo.pk)
     assert f"already undone by record #{status_undo.pk}" in record_tr(html, original.pk)
+
+
+@pytest.mark.parametrize("url", [STATUSES_URL, LOCKS_URL, "/admin/generation/cleanuprun/",
+                                 "/admin/generation/repairrecord/", STATUSES_URL + "health/"])
+def test_anonymous_users_are_sent_to_the_login_page(client, url):
+    response = client.get(url)
+    assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+
+
+def test_actions_require_the_csrf_token(operator):
+    from django.test import Client
+
+    stuck = batch(10, 0, 0, 6, 1)
+    csrf_client = Client(enforce_csrf_checks=True)
+    csrf_client.force_login(operator)
+    response = csrf_client.post(STATUSES_URL, {"action": "repair_stuck", "_selected_action": [stuck.pk]})
+    assert response.status_code == 403
+    assert counters(stuck) == (10, 0, 0, 6, 1, "processing")
+    assert not RepairRecord.objects.exists()
