@@ -68,35 +68,44 @@ def test_a_row_held_by_another_transaction_is_skipped_not_waited_on():
 
 
 def test_a_concurrent_worker_increment_is_not_lost(monkeypatch):
-    """The worker's UPDATE lands while the repair holds the row: it waits, then applies on top."""
-    batch = make_batch((10, 0, 0, 6, 1))  # no_active_tasks: F := T - C
-    worker_started = threading.Event()
+    """A worker's increment of a column the repair itself writes (F, for no_active_tasks) arrives while
+    the repair holds the row: it must wait for the repair's commit, then land on top of it."""
+    batch = make_batch((10, 0, 0, 6, 1))  # no_active_tasks: F := T - C = 4
+    worker_pid = []
+    waited_on_lock = []
     real_write = services._write_repairs
 
     def increment():
         with other_connection() as worker:
-            worker_started.set()
-            worker.execute(
-                "UPDATE account_generation_status SET total_completed = total_completed + 1 WHERE id = %s",
-                [batch.pk])
+            worker_pid.append(worker.info.backend_pid)
+            worker.execute("UPDATE account_generation_status SET total_failed = total_failed + 1 WHERE id = %s",
+                           [batch.pk])
 
     worker = Thread(increment)
 
     def write_while_a_worker_increments(repairs, run, actor):
         worker.start()
-        worker_started.wait(5)
-        time.sleep(0.3)  # the worker's UPDATE is now blocked on our row lock
+        with other_connection() as observer:
+            for _ in range(100):  # until the worker's UPDATE is seen blocked on our row lock
+                time.sleep(0.02)
+                if worker_pid:
+                    state = observer.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                             worker_pid).fetchone()
+                    if state and state[0] == "Lock":
+                        waited_on_lock.append(True)
+                        break
         return real_write(repairs, run, actor)
 
     monkeypatch.setattr(services, "_write_repairs", write_while_a_worker_increments)
     report = services.cleanup(**PARAMS)
     worker.join_result()
+    assert waited_on_lock, "the worker's UPDATE never waited on the repair's row lock"
     assert report.statuses.by_rule["no_active_tasks"] == 1
     after = counters_of(batch)
-    assert after.total_completed == 7, "the worker's increment was lost"
-    assert after.total_failed == 4  # the repair's own write, decided on the values it locked
+    assert after.total_failed == 5, "the worker's increment was lost"  # the repair's 4, then the worker's +1
+    assert after.total_completed == 6
     record = RepairRecord.objects.get(kind="status", target_id=batch.pk)
-    assert record.before["total_completed"] == 6 and record.after["total_failed"] == 4
+    assert record.before["total_failed"] == 1 and record.after["total_failed"] == 4
 
 
 def test_an_increment_committed_before_the_lock_is_seen_by_the_recheck(monkeypatch):

@@ -283,3 +283,23 @@ def test_cutoff_is_reported_from_the_database_clock():
     from datetime import datetime
     now, cutoff = datetime.fromisoformat(report["now"]), datetime.fromisoformat(report["cutoff"])
     assert now - cutoff == timedelta(minutes=90)
+
+
+@pytest.mark.postgres
+def test_the_cutoff_follows_the_database_clock_not_this_hosts(monkeypatch):
+    """A host clock a day fast must neither make fresh batches look stuck nor move the cutoff."""
+    from datetime import datetime
+
+    from django.db import connection
+    from django.utils import timezone
+
+    batch = make_batch((4, 0, 0, 0, 0), idle=INSIDE)
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(days=1))
+    report, _ = run_command()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT now()")
+        db_now = cursor.fetchone()[0]
+    assert abs(datetime.fromisoformat(report["now"]) - db_now) < timedelta(minutes=1)
+    assert report["statuses"]["examined"] == 0
+    assert counters_of(batch).total_failed == 0
