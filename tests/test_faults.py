@@ -156,7 +156,7 @@ def test_connection_killed_mid_run_exits_1_and_leaves_no_half_batch(monkeypatch,
     assert "Traceback" not in err + out
     assert applied_or_untouched(planted, orphans) == (applied_before_kill, 15 - applied_before_kill)
     aborted = CleanupRun.objects.get()
-    assert aborted.outcome != "ok"
+    assert aborted.outcome in ("", "errors")  # "" when the dead connection could not even close the run row
 
     code, out, err = run_command("--batch-size", "3")
     assert (code, err) == (0, ""), err
