@@ -12,6 +12,8 @@ from enum import StrEnum
 QUEUING, PROCESSING = "queuing", "processing"
 COMPLETED, PARTIAL, FAILED = "completed", "partial", "failed"
 IN_PROGRESS = (QUEUING, PROCESSING)
+FINISHED = (COMPLETED, PARTIAL, FAILED)
+KNOWN_STATUSES = IN_PROGRESS + FINISHED
 
 
 class Rule(StrEnum):
@@ -139,7 +141,10 @@ def decide(counters: Counters, status: str, *, fail_stalled: bool = False) -> Re
 
 
 def diagnose(counters: Counters, status: str, *, stuck: bool) -> str:
-    """What the admin shows: 'finished', 'healthy', or the rule that would apply now."""
+    """What the admin shows: 'finished', 'healthy', 'unknown_status' (a status the backend's contract
+    does not name: never a candidate, so a person must look), or the rule that would apply now."""
+    if status not in KNOWN_STATUSES:
+        return "unknown_status"
     if status not in IN_PROGRESS:
         return "finished"
     if not stuck:

@@ -126,6 +126,8 @@ def test_diagnose():
     assert diagnose(c(10, 1, 0, 2, 0), PROCESSING, stuck=False) == "healthy"
     assert diagnose(c(10, 0, 0, 6, 1), PROCESSING, stuck=True) == "no_active_tasks"
     assert diagnose(c(10, 1, 1, 3, 2), PROCESSING, stuck=True) == "stalled"
+    for odd in ("paused", "PROCESSING", "processing ", ""):
+        assert diagnose(c(10, 0, 0, 10, 0), odd, stuck=True) == "unknown_status"
 
 
 # --- Properties over arbitrary counters --------------------------------------------------------
