@@ -69,9 +69,12 @@ def _counters(snapshot) -> str:
 # --- Messages ----------------------------------------------------------------------------------
 
 
+NAMED_IN_MESSAGE = 10  # left-alone batches named by id in a message; the rest are counted
+
+
 def repair_message(report: services.CleanupReport) -> tuple[int, str]:
     """(level, text) for a repair action, e.g. "3 generations repaired: 2 all_accounted, 1 no_active_tasks;
-    1 not stuck, left alone". A dry run (the confirmation page) says "to repair"."""
+    1 not stuck, left alone (#12)". A dry run (the confirmation page) says "to repair"."""
     s = report.statuses
     done = "to repair" if report.dry_run else "repaired"
     if s.repaired:
@@ -94,7 +97,9 @@ def repair_message(report: services.CleanupReport) -> tuple[int, str]:
     reasons = Counter(detail.rule for detail in s.details if detail.rule in LEFT_ALONE)
     for reason, label in LEFT_ALONE.items():
         if reasons[reason]:
-            parts.append(f"{reasons[reason]} {label}, left alone")
+            ids = [f"#{detail.id}" for detail in s.details if detail.rule == reason]
+            named = ", ".join(ids[:NAMED_IN_MESSAGE]) + (", …" if len(ids) > NAMED_IN_MESSAGE else "")
+            parts.append(f"{reasons[reason]} {label}, left alone ({named})")
     unexplained = s.left_alone - sum(reasons.values())  # details are capped; the total is not
     if unexplained > 0:
         parts.append(f"{unexplained} more left alone")

@@ -243,7 +243,7 @@ def test_repair_stuck_repairs_the_stuck_rows_and_names_the_others(operator_clien
     fresh = batch(10, 0, 0, 6, 1, idle=FRESH)
     response = act(operator_client, STATUSES_URL, "repair_stuck", [a1, a2, n1, fresh])
     assert messages_of(response) == [
-        ("success", "3 generations repaired: 2 all_accounted, 1 no_active_tasks; 1 not stuck, left alone")]
+        ("success", f"3 generations repaired: 2 all_accounted, 1 no_active_tasks; 1 not stuck, left alone (#{fresh.pk})")]
     assert counters(a1) == (10, 0, 0, 7, 3, "partial")
     assert counters(a2) == (10, 0, 0, 10, 0, "completed")
     assert counters(n1) == (10, 0, 0, 6, 4, "partial")
@@ -276,7 +276,7 @@ def test_repair_messages_use_the_singular_and_report_locks_stalled_and_corrupt(o
         "warning",
         "1 generation repaired: 1 no_active_tasks; 1 lock released with its batch; "
         "1 stalled (work in flight, no progress), not changed; "
-        "1 corrupt (negative or NULL counters), not changed: fix by hand; 1 finished, left alone")]
+        f"1 corrupt (negative or NULL counters), not changed: fix by hand; 1 finished, left alone (#{finished.pk})")]
     assert not GenerationLock.objects.filter(lock_id=done.lock_id).exists()
     assert LogEntry.objects.filter(action_flag=DELETION, object_repr__contains=done.lock_id).count() == 1
 
@@ -294,7 +294,7 @@ def test_log_entries_are_written_in_chunks(operator_client, operator, monkeypatc
 def test_nothing_to_repair_is_a_warning(operator_client):
     fresh = batch(10, 0, 0, 6, 1, idle=FRESH)
     response = act(operator_client, STATUSES_URL, "repair_stuck", [fresh])
-    assert messages_of(response) == [("warning", "No generation repaired; 1 not stuck, left alone")]
+    assert messages_of(response) == [("warning", f"No generation repaired; 1 not stuck, left alone (#{fresh.pk})")]
     assert RepairRecord.objects.count() == 0 and LogEntry.objects.count() == 0
 
 
@@ -311,7 +311,7 @@ def test_force_repair_confirms_first_with_before_and_after_then_applies(operator
     assert page.templates[0].name == "admin/generation/repair_confirmation.html"
     html = page.content.decode()
     assert "2 generations to repair: 1 all_accounted, 1 counter_overflow; 1 lock to release with its batch; " \
-           "1 finished, left alone." in html
+           f"1 finished, left alone (#{finished.pk})." in html
     fresh_row = re.search(rf'<tr data-batch="{fresh.pk}">.*?</tr>', html, re.S).group(0)
     assert "processing 10/0/2/7/3" in fresh_row
     assert '<mark class="gen-changed">partial</mark>' in fresh_row
@@ -327,7 +327,7 @@ def test_force_repair_confirms_first_with_before_and_after_then_applies(operator
     assert messages_of(response) == [(
         "success",
         "2 generations repaired: 1 all_accounted, 1 counter_overflow; 1 lock released with its batch; "
-        "1 finished, left alone")]
+        f"1 finished, left alone (#{finished.pk})")]
     assert counters(fresh) == (10, 0, 0, 7, 3, "partial")
     assert counters(overflow) == (10, 2, 2, 6, 0, "processing")
     assert not GenerationLock.objects.filter(lock_id=fresh.lock_id).exists()
@@ -346,13 +346,14 @@ def test_fail_stalled_confirms_first_then_fails_only_the_stalled(operator_client
                                                ACTION_CHECKBOX_NAME: [stalled.pk, overflow.pk]})
     assert page.templates[0].name == "admin/generation/repair_confirmation.html"
     html = page.content.decode()
-    assert "1 generation to repair: 1 stalled_failed; 1 not stalled, left alone." in html
+    assert f"1 generation to repair: 1 stalled_failed; 1 not stalled, left alone (#{overflow.pk})." in html
     assert "processing 10/1/1/3/2" in html
     assert counters(stalled) == (10, 1, 1, 3, 2, "processing")
     assert RepairRecord.objects.count() == 0
 
     response = act(operator_client, STATUSES_URL, "fail_stalled", [stalled, overflow], post="yes")
-    assert messages_of(response) == [("success", "1 generation repaired: 1 stalled_failed; 1 not stalled, left alone")]
+    assert messages_of(response) == [
+        ("success", f"1 generation repaired: 1 stalled_failed; 1 not stalled, left alone (#{overflow.pk})")]
     assert counters(stalled) == (10, 0, 0, 3, 7, "partial")
     assert counters(overflow) == (10, 2, 5, 6, 0, "processing")
     record = RepairRecord.objects.get()
