@@ -120,3 +120,17 @@ cron-remove: $(VENV)/.installed
 	$(CRON_ENV) $(MANAGE) crontab remove --verbosity 0 || exit 1; \
 	[ -z "$$(lines)" ] || { echo "$@: lines tagged '# $$comment' are still in the crontab" >&2; exit 1; }; \
 	echo "Removed the lines tagged '# $$comment' from $$(id -un)'s crontab."
+
+# --- Benchmark (benchmarks/cleanup_benchmark.py; not part of `make test`) --------------------
+# Needs a PostgreSQL server where BENCH_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres)
+# may create and drop databases (all named bench_<pid>_...). About 25 minutes on 2 cores; BENCH_ARGS
+# passes options, e.g. BENCH_ARGS="--rows 100000 --backlog 10000 --skip-per-row" for a quick look.
+BENCH_ARGS ?=
+
+.PHONY: bench bench-sweep
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/cleanup_benchmark.py run $(BENCH_ARGS)
+
+bench-sweep: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/cleanup_benchmark.py sweep $(BENCH_ARGS)
