@@ -10,6 +10,7 @@ The mirrored tables belong to the backend: nobody adds, edits or deletes their
 rows here, because a free edit would bypass the audit trail the repairs keep.
 """
 
+import functools
 import itertools
 from collections import Counter
 from datetime import datetime, timedelta
@@ -30,6 +31,23 @@ from .conf import job_settings
 from .models import CleanupRun, GenerationLock, GenerationStatus, RecordKind, RecordRule, RepairRecord, Trigger
 from .report import format_duration
 from .services import COUNTER_FIELDS, Mode
+
+
+def _aborted_as_message(action):
+    """A repair or release whose database connection is lost mid-way (services.CleanupAborted) ends
+    as an error message, not a server error; the pages committed before stay, as the history shows."""
+
+    @functools.wraps(action)
+    def wrapper(modeladmin, request, queryset):
+        try:
+            return action(modeladmin, request, queryset)
+        except services.CleanupAborted as exc:
+            modeladmin.message_user(
+                request, f"Aborted: {exc}. What was done before it stays done; the repair history lists it.",
+                messages.ERROR)
+            return None
+
+    return wrapper
 
 # A confirmation page posts one field per selected row back; Django refuses a request with more
 # than DATA_UPLOAD_MAX_NUMBER_FIELDS (1000) fields, so a larger selection is refused up front.
@@ -365,6 +383,7 @@ class GenerationStatusAdmin(admin.ModelAdmin):
             self.message_user(request, "Rolled back: " + " | ".join(report.errors), messages.ERROR)
 
     @admin.action(description="Repair selected stuck generations", permissions=["repair"])
+    @_aborted_as_message
     def repair_stuck(self, request, queryset):
         self._require_repair(request)
         ids = list(queryset.values_list("pk", flat=True))
@@ -373,6 +392,7 @@ class GenerationStatusAdmin(admin.ModelAdmin):
         self._done(request, services.repair_selected(ids=ids, mode=Mode.SCHEDULED, actor=request.user))
 
     @admin.action(description="Force repair selected generations (ignore the age window)…", permissions=["repair"])
+    @_aborted_as_message
     def force_repair(self, request, queryset):
         return self._confirmed_repair(
             request, queryset, Mode.FORCE, "force_repair", title="Force repair generations",
@@ -380,6 +400,7 @@ class GenerationStatusAdmin(admin.ModelAdmin):
                   "known to be dead. Stalled and corrupt batches are not changed.")
 
     @admin.action(description="Fail selected stalled generations…", permissions=["repair"])
+    @_aborted_as_message
     def fail_stalled(self, request, queryset):
         return self._confirmed_repair(
             request, queryset, Mode.FAIL_STALLED, "fail_stalled", title="Fail stalled generations",
@@ -541,6 +562,7 @@ class GenerationLockAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">#{}</a> {}, {}', url, obj.batch_id, obj.batch_status, moved)
 
     @admin.action(description="Release selected locks…", permissions=["release"])
+    @_aborted_as_message
     def release_selected(self, request, queryset):
         if not self.has_release_permission(request):
             raise PermissionDenied

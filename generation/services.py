@@ -731,6 +731,36 @@ def _expired_lock_candidates(*, cutoff, accounts=None, content_types=None):
 # --- Entry points --------------------------------------------------------------------------
 
 
+@contextmanager
+def _recorded(report: CleanupReport, run: CleanupRun | None, started: float):
+    """Close the run's row whatever happens. An exception escaping the run is recorded as its error
+    first: cron's runner swallows exceptions and the admin shows a page, so the row is what remains,
+    and it must not say ok. A lost connection becomes CleanupAborted (one line for the operator)."""
+    try:
+        yield
+    except CleanupAborted as exc:
+        report.error(str(exc))
+        raise
+    except DatabaseError as exc:
+        if connection.is_usable():
+            report.error(f"run aborted: {type(exc).__name__}: {_one_line(exc)}")
+            raise
+        # lost between two pages (selecting the next page): the same one-line abort as inside a page
+        aborted = CleanupAborted(f"lost the database connection during the run ({_one_line(exc)})")
+        report.error(str(aborted))
+        raise aborted from exc
+    except Exception as exc:
+        report.error(f"run aborted: {type(exc).__name__}: {_one_line(exc)}")
+        raise
+    finally:
+        report.duration_s = time.monotonic() - started
+        if run is not None:
+            try:
+                _finish_run(run, report)
+            except DatabaseError:
+                pass  # connection lost: the run row keeps an empty outcome, which the health page shows
+
+
 def cleanup(
     *,
     stuck_after: timedelta,
@@ -774,7 +804,7 @@ def cleanup(
             "run_id": report.run_id, "trigger": trigger, "dry_run": dry_run, "cutoff": _iso(report.cutoff),
             "lock_cutoff": _iso(report.lock_cutoff), "batch_size": batch_size, **filters,
         }})
-        try:
+        with _recorded(report, run, started):
             if only in (None, "statuses"):
                 spec = _StatusPass(
                     Mode.SCHEDULED, report.cutoff,
@@ -802,29 +832,6 @@ def cleanup(
                         )))
                     if on_page:
                         on_page("locks", page.locks.details if page else [])
-        except CleanupAborted as exc:
-            report.error(str(exc))
-            raise
-        except DatabaseError as exc:
-            if connection.is_usable():
-                report.error(f"run aborted: {type(exc).__name__}: {_one_line(exc)}")
-                raise
-            # lost between two pages (selecting the next page): the same one-line abort as inside a page
-            aborted = CleanupAborted(f"lost the database connection during the run ({_one_line(exc)})")
-            report.error(str(aborted))
-            raise aborted from exc
-        except Exception as exc:
-            # anything else escaping a page (a bug, a failing query between pages) must not leave
-            # the run row saying ok: cron's runner swallows the exception, the row is what remains
-            report.error(f"run aborted: {type(exc).__name__}: {_one_line(exc)}")
-            raise
-        finally:
-            report.duration_s = time.monotonic() - started
-            if run is not None:
-                try:
-                    _finish_run(run, report)
-                except DatabaseError:
-                    pass  # connection lost: the run row keeps an empty outcome, which the health page shows
     logger.info("run_finished", extra={"fields": _summary_fields(report)})
     return report
 
@@ -883,15 +890,11 @@ def repair_selected(
     ids = sorted({int(i) for i in ids})
     run = None if dry_run else _start_run(report, filters={"ids": ids[:DETAILS_CAP], "mode": mode.value}, actor=actor)
     report.run_id = run.pk if run else None
-    try:
+    with _recorded(report, run, started):
         for start in range(0, len(ids), job.batch_size):
             page = ids[start:start + job.batch_size]
             _run_page(report, report.statuses, f"selected batches #{page[0]}..#{page[-1]}", lambda page=page: (
                 _process_status_page(page, spec, dry_run=dry_run, run=run, actor=actor, left_alone_ids=set(page))))
-    finally:
-        report.duration_s = time.monotonic() - started
-        if run is not None:
-            _finish_run(run, report)
     return report
 
 
@@ -906,7 +909,7 @@ def release_locks(*, ids, actor=None, dry_run: bool = False, trigger: str = Trig
     ids = sorted({int(i) for i in ids})
     run = None if dry_run else _start_run(report, filters={"lock_ids": ids[:DETAILS_CAP]}, actor=actor)
     report.run_id = run.pk if run else None
-    try:
+    with _recorded(report, run, started):
         for start in range(0, len(ids), job.batch_size):
             page = ids[start:start + job.batch_size]
             _run_page(report, report.locks, f"selected locks #{page[0]}..#{page[-1]}", lambda page=page: (
@@ -914,8 +917,4 @@ def release_locks(*, ids, actor=None, dry_run: bool = False, trigger: str = Trig
                     page, now=report.now, cutoff=None, rule=RecordRule.RELEASED_BY_HAND, dry_run=dry_run, run=run,
                     actor=actor, lock_timeout=job.lock_timeout, statement_timeout=job.statement_timeout,
                 )))
-    finally:
-        report.duration_s = time.monotonic() - started
-        if run is not None:
-            _finish_run(run, report)
     return report

@@ -853,3 +853,21 @@ def test_actions_require_the_csrf_token(operator):
     assert response.status_code == 403
     assert counters(stuck) == (10, 0, 0, 6, 1, "processing")
     assert not RepairRecord.objects.exists()
+
+
+def test_a_repair_that_loses_its_connection_is_an_error_message_and_the_run_says_errors(operator_client,
+                                                                                          monkeypatch):
+    from generation import services as engine
+
+    stuck = batch(10, 0, 0, 6, 1)
+
+    def lost(*args, **kwargs):
+        raise engine.CleanupAborted("lost the database connection during the run (terminated)")
+
+    monkeypatch.setattr(engine, "_process_status_page", lost)
+    response = act(operator_client, STATUSES_URL, "repair_stuck", [stuck])
+    [(level, text)] = messages_of(response)
+    assert level == "error" and text.startswith("Aborted: lost the database connection during the run")
+    run = CleanupRun.objects.get()
+    assert run.outcome == "errors" and "lost the database connection" in run.error
+    assert counters(stuck) == (10, 0, 0, 6, 1, "processing")
