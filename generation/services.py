@@ -288,6 +288,7 @@ class _PageResult:
     statuses: StatusTotals = field(default_factory=StatusTotals)
     locks: LockTotals = field(default_factory=LockTotals)
     errors: list = field(default_factory=list)
+    would_release: list = field(default_factory=list)  # dry run: lock ids released with their batches
 
     def merge_into(self, report):
         s, r = self.statuses, report.statuses
@@ -515,7 +516,9 @@ def _process_status_page(ids, spec: _StatusPass, *, dry_run: bool, run, actor, l
             detail.applied = detail.rule in rules.REPAIRS
     elif repairs:
         lock_ids = [row.lock_id for row, decision in repairs if decision.finishes and row.lock_id]
-        totals.locks_released = GenerationLock.objects.filter(lock_id__in=lock_ids).count() if lock_ids else 0
+        result.would_release = list(GenerationLock.objects.filter(lock_id__in=lock_ids).values_list(
+            "lock_id", flat=True)) if lock_ids else []
+        totals.locks_released = len(result.would_release)
     for detail in totals.details:
         _log_status(detail, dry_run)
     return result
@@ -689,7 +692,7 @@ def _lock_detail(lock, now, rule, batch):
 
 
 def _process_lock_page(ids, *, now, cutoff, rule, dry_run, run, actor, lock_timeout=None,
-                       statement_timeout=None) -> _PageResult:
+                       statement_timeout=None, released=frozenset()) -> _PageResult:
     """Delete one page of locks (inside its transaction), recording each with the batch that names it."""
     result = _PageResult()
     totals = result.locks
@@ -700,7 +703,8 @@ def _process_lock_page(ids, *, now, cutoff, rule, dry_run, run, actor, lock_time
     rows = list(qs)
     totals.skipped_busy = len(ids) - len(rows)
     # re-checked under the row lock: a lock re-taken since the page was selected is not expired
-    locks = [lock for lock in rows if cutoff is None or lock.locked_at < cutoff]
+    # `released`: a dry run's locks already counted as released with their batches (a real run deleted them)
+    locks = [lock for lock in rows if (cutoff is None or lock.locked_at < cutoff) and lock.lock_id not in released]
     batches = _referring_batches([lock.lock_id for lock in locks])
     totals.details = [_lock_detail(lock, now, rule, batches.get(lock.lock_id)) for lock in locks]
     totals.expired = len(locks)
@@ -804,6 +808,7 @@ def cleanup(
             "run_id": report.run_id, "trigger": trigger, "dry_run": dry_run, "cutoff": _iso(report.cutoff),
             "lock_cutoff": _iso(report.lock_cutoff), "batch_size": batch_size, **filters,
         }})
+        would_release = set()  # dry run only: so its lock pass does not count those locks again
         with _recorded(report, run, started):
             if only in (None, "statuses"):
                 spec = _StatusPass(
@@ -816,6 +821,8 @@ def cleanup(
                 for ids in pages:
                     page = _run_page(report, report.statuses, f"status page #{ids[0]}..#{ids[-1]}", lambda ids=ids: (
                         _process_status_page(ids, spec, dry_run=dry_run, run=run, actor=actor)))
+                    if page:
+                        would_release.update(page.would_release)
                     if on_page:
                         on_page("statuses", page.statuses.details if page else [])
             if only in (None, "locks"):
@@ -828,7 +835,7 @@ def cleanup(
                         _process_lock_page(
                             ids, now=report.now, cutoff=report.lock_cutoff, rule=RecordRule.EXPIRED_LOCK,
                             dry_run=dry_run, run=run, actor=actor, lock_timeout=lock_timeout,
-                            statement_timeout=statement_timeout,
+                            statement_timeout=statement_timeout, released=would_release,
                         )))
                     if on_page:
                         on_page("locks", page.locks.details if page else [])

@@ -35,7 +35,8 @@ def test_help_text():
 
 @pytest.mark.django_db
 def test_human_output_at_each_verbosity():
-    batch = make_batch((10, 0, 0, 6, 1), lock_held_for=timedelta(hours=4))
+    batch = make_batch((10, 0, 0, 6, 1), lock_held_for=timedelta(hours=4))  # its lock goes with it
+    stalled = make_batch((10, 1, 1, 3, 2), idle=timedelta(minutes=20), lock_held_for=timedelta(hours=4))
     make_lock(account_id=900, held_for=timedelta(hours=5))
     out, _, code = run("--dry-run", "-v", "1")
     assert code == 0
@@ -45,7 +46,8 @@ def test_human_output_at_each_verbosity():
     assert (f"  would repair #{batch.pk} account {batch.account_id} video processing T/Q/P/C/F 10/0/0/6/1 "
             "idle 3h1m: no_active_tasks -> partial 10/0/0/6/4") in lines
     assert any(line.startswith("  would remove lock #") and "no batch refers to it" in line for line in lines)
-    assert any(f"batch #{batch.pk} processing, last moved 3h1m ago" in line for line in lines)
+    assert any(f"batch #{stalled.pk} processing, last moved 20m ago" in line for line in lines)
+    assert not any(f"batch #{batch.pk} " in line for line in lines if "lock #" in line)
     assert lines[-1].startswith("DRY RUN: 1 stuck batches examined, would repair 1 (all_accounted 0, "
                                 "no_active_tasks 1, counter_overflow 0, stalled_failed 0)")
 

@@ -303,3 +303,15 @@ def test_the_cutoff_follows_the_database_clock_not_this_hosts(monkeypatch):
     assert abs(datetime.fromisoformat(report["now"]) - db_now) < timedelta(minutes=1)
     assert report["statuses"]["examined"] == 0
     assert counters_of(batch).total_failed == 0
+
+
+def test_dry_run_reports_the_same_lock_counts_as_the_real_run():
+    """A finished batch's lock that is also expired is released with the batch, not counted twice."""
+    make_batch((4, 0, 0, 0, 0), lock_held_for=timedelta(hours=5))  # finishes: lock released with it
+    make_batch((10, 1, 1, 3, 2), lock_held_for=timedelta(hours=5))  # stalled: its lock just expires
+    make_lock(account_id=999, held_for=timedelta(hours=10))  # no batch
+    dry, _ = run_command("--dry-run")
+    real, _ = run_command()
+    for report in (dry, real):
+        assert (report["statuses"]["locks_released"], report["locks"]["expired"]) == (1, 2)
+    assert real["locks"]["removed"] == 2
