@@ -274,7 +274,10 @@ def machine():
             "SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name IN "
             "('shared_buffers', 'synchronous_commit', 'max_wal_size', 'work_mem')").fetchall())
     cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {
+        "commit": commit or "unknown",
         "nproc": os.cpu_count(), "cpu": cpu.group(1).strip() if cpu else platform.processor(),
         "memory_gb": round(memory_kb / 1024 / 1024, 1), "postgresql": version, "python": platform.python_version(),
         "pg_settings": settings,
@@ -290,7 +293,8 @@ def fmt(value, unit="", digits=2):
 def print_machine(info):
     print(f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory_gb']} GB RAM, PostgreSQL "
           f"{info['postgresql']} ({', '.join(f'{k}={v}' for k, v in sorted(info['pg_settings'].items()))}), "
-          f"Python {info['python']}; machine shared with other work while measured.")
+          f"Python {info['python']}; code at commit {info['commit']}. The machine was shared with other work "
+          "while measured.")
 
 
 # --- Modes ------------------------------------------------------------------------------------
