@@ -38,7 +38,7 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models import BigIntegerField, Case, F, Value, When
+from django.db.models import BigIntegerField, Case, F, Q, Value, When
 from django.db.models.functions import Least, Now
 from django.db.models.lookups import Exact, GreaterThan, LessThan
 from django.utils import timezone
@@ -46,6 +46,7 @@ from psycopg import sql
 
 from . import rules
 from .models import (
+    KNOWN_STATUSES,
     CleanupRun,
     GenerationLock,
     GenerationStatus,
@@ -132,6 +133,8 @@ class StatusTotals:
     corrupt: int = 0
     skipped_busy: int = 0
     moved_on: int = 0  # no longer stuck once locked: a worker got there first
+    unknown_status: int = 0  # a status the contract does not name: never a candidate, reported
+    never_updated: int = 0  # queuing/processing with updated_at NULL: its age is unknown, reported
     left_alone: int = 0  # admin: selected but not eligible (not stuck, not stalled, finished)
     locks_released: int = 0
     failed_batches: int = 0
@@ -210,6 +213,8 @@ class CleanupReport:
                 "corrupt": s.corrupt,
                 "skipped_busy": s.skipped_busy,
                 "moved_on": s.moved_on,
+                "unknown_status": s.unknown_status,
+                "never_updated": s.never_updated,
                 "left_alone": s.left_alone,
                 "locks_released": s.locks_released,
                 "failed_batches": s.failed_batches,
@@ -448,6 +453,53 @@ def _stuck_candidates(*, cutoff, accounts=None, content_types=None):
     if content_types:
         qs = qs.filter(content_type__in=content_types)
     return qs
+
+
+def _run_bounded(report, totals, what, lock_timeout, statement_timeout, work):
+    """`work` in a short transaction under the run's timeouts (a table lock must not hang the run);
+    if it fails, reported and skipped: the run goes on, unless the connection itself is gone."""
+    connection.ensure_connection()
+    session = connection.connection
+    try:
+        with transaction.atomic():
+            _bound_waits(lock_timeout, statement_timeout)
+            work()
+    except DatabaseError as exc:
+        if connection.connection is not session or not connection.is_usable():
+            raise CleanupAborted(f"lost the database connection during the run ({_one_line(exc)})") from exc
+        totals.failed_batches += 1
+        report.error(f"{what}: failed, left for the next run ({_one_line(exc)})")
+        logger.warning("page_failed", extra={"fields": {"what": what, "error": _one_line(exc)}})
+
+
+ANOMALIES_NAMED = 20  # per kind, in the report's errors; the counts are exact
+
+
+def _report_anomalies(report: CleanupReport, *, accounts=None, content_types=None):
+    """Batches no rule can judge, reported as errors for a person: a status the contract does not name
+    (served by a partial index that is empty while the data is sane) and in-progress batches with no
+    updated_at (found through the in-progress index). Neither is ever a candidate: nothing changes."""
+    scans = {
+        "unknown_status": GenerationStatus.objects.filter(~Q(status__in=KNOWN_STATUSES)),
+        "never_updated": GenerationStatus.objects.filter(status__in=rules.IN_PROGRESS, updated_at__isnull=True),
+    }
+    for kind, qs in scans.items():
+        if accounts:
+            qs = qs.filter(account_id__in=accounts)
+        if content_types:
+            qs = qs.filter(content_type__in=content_types)
+        named = list(qs.order_by("id").values_list("id", "status")[:ANOMALIES_NAMED])
+        count = len(named) if len(named) < ANOMALIES_NAMED else qs.count()
+        setattr(report.statuses, kind, count)
+        for batch_id, status in named:
+            if kind == "unknown_status":
+                report.error(f"batch #{batch_id} has status {status!r}, which the rules do not know; not changed")
+            else:
+                report.error(f"batch #{batch_id} is {status} but was never updated (updated_at NULL); not changed")
+        if count > len(named):
+            report.error(f"{count - len(named)} more batches like these ({kind}); not changed")
+        if count:
+            logger.error(kind, extra={"fields": {"count": count, "ids": [batch_id for batch_id, _ in named]}})
 
 
 def _keyset_pages(queryset, batch_size):
@@ -811,6 +863,9 @@ def cleanup(
         would_release = set()  # dry run only: so its lock pass does not count those locks again
         with _recorded(report, run, started):
             if only in (None, "statuses"):
+                _run_bounded(report, report.statuses, "the check for unjudgeable batches", lock_timeout,
+                             statement_timeout, lambda: _report_anomalies(
+                                 report, accounts=accounts, content_types=content_types))
                 spec = _StatusPass(
                     Mode.SCHEDULED, report.cutoff,
                     report.now - fail_stalled_after if fail_stalled_after else None, lock_timeout, statement_timeout,

@@ -109,6 +109,20 @@ def test_expired_lock_pages_scan_the_locked_at_index():
         assert "Seq Scan" not in plan, plan
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_the_check_for_unjudgeable_batches_scans_indexes_not_the_table():
+    fill(stuck_every=0)
+    report = services.CleanupReport(trigger="command", dry_run=True, now=services.database_now())
+    with CaptureQueriesContext(connection) as captured:
+        services._report_anomalies(report)
+    unknown, never = [query["sql"] for query in captured.captured_queries]
+    assert "agstatus_unknown_status_idx" in plan_of(unknown)
+    assert "agstatus_in_progress_idx" in plan_of(never)
+    for query in (unknown, never):
+        assert "Seq Scan on account_generation_status" not in plan_of(query)
+
+
 # --- A page costs the same queries whatever it holds ---------------------------------------------
 
 # all_accounted, no_active_tasks, counter_overflow, stalled (failed: past the fail-stalled window), then
@@ -303,12 +317,14 @@ def test_an_access_exclusive_lock_on_the_status_table_bounds_the_candidate_selec
         elapsed = time.monotonic() - started
 
     assert elapsed < 3, f"the run waited {elapsed:.1f}s"
-    status_error, lock_error = report.errors
+    anomaly_error, status_error, lock_error = report.errors
+    assert anomaly_error.startswith("the check for unjudgeable batches: failed, left for the next run (canceling "
+                                    "statement due to lock timeout")
     assert status_error.startswith("status pages after #0: could not select the next page, left for the next run "
                                    "(canceling statement due to lock timeout")
     # the lock page names the batch that refers to each lock: it reads the status table, so it waits too
     assert lock_error.startswith("lock page #") and "lock timeout" in lock_error
-    assert report.statuses.failed_batches == 1 and report.locks.failed_batches == 1
+    assert report.statuses.failed_batches == 2 and report.locks.failed_batches == 1
     assert GenerationLock.objects.count() == 2 and not RepairRecord.objects.exists()
 
     retry = services.cleanup(**params)

@@ -315,3 +315,29 @@ def test_dry_run_reports_the_same_lock_counts_as_the_real_run():
     for report in (dry, real):
         assert (report["statuses"]["locks_released"], report["locks"]["expired"]) == (1, 2)
     assert real["locks"]["removed"] == 2
+
+
+def test_batches_no_rule_can_judge_are_reported_as_errors_and_left_alone():
+    paused = make_batch((4, 0, 0, 0, 0), status="paused")
+    never = make_batch((4, 0, 0, 0, 0))
+    GenerationStatus.objects.filter(pk=never.pk).update(updated_at=None)
+    snapshot = {row["id"]: row for row in GenerationStatus.objects.values()}
+    report, code = run_command()
+    assert code == 1
+    assert (report["statuses"]["unknown_status"], report["statuses"]["never_updated"]) == (1, 1)
+    assert report["errors"] == [
+        f"batch #{paused.pk} has status 'paused', which the rules do not know; not changed",
+        f"batch #{never.pk} is queuing but was never updated (updated_at NULL); not changed",
+    ]
+    assert {row["id"]: row for row in GenerationStatus.objects.values()} == snapshot
+    scoped, code = run_command("--account", "123456")
+    assert (scoped["statuses"]["unknown_status"], code) == (0, 0)
+
+
+def test_many_anomalies_are_counted_exactly_and_named_up_to_the_cap(monkeypatch):
+    monkeypatch.setattr(services, "ANOMALIES_NAMED", 2)
+    for _ in range(5):
+        make_batch((4, 0, 0, 0, 0), status="paused")
+    report, _ = run_command()
+    assert report["statuses"]["unknown_status"] == 5
+    assert len(report["errors"]) == 3 and report["errors"][-1] == "3 more batches like these (unknown_status); not changed"
