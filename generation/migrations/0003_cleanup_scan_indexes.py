@@ -1,6 +1,6 @@
 # Indexes for the cleanup's two scans, added to the Go backend's tables. Written by hand (the
 # operations' state is exactly what `makemigrations` generates for models.py, so `--check` stays
-# clean); the README, "Migration 0003", says what it does to the backend's tables and gives the SQL.
+# clean); the README, "Migration 0003 and 0004", says what it does to the backend's tables and gives the SQL.
 #
 # On PostgreSQL the indexes are built with CREATE INDEX CONCURRENTLY: the tables stay writable
 # while a large table is indexed (a plain CREATE INDEX would block the backend's writes for the
