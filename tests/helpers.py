@@ -3,12 +3,13 @@
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-from django.db import connection
+from django.db import connection, connections
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,3 +51,27 @@ def scratch_database():
     finally:
         with _admin_connection() as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class Thread(threading.Thread):
+    """Runs fn in a thread with its own Django connection (a real second session to the test
+    database); join_result() re-raises what fn raised."""
+
+    def __init__(self, fn):
+        super().__init__(daemon=True)
+        self.fn, self.result, self.error = fn, None, None
+
+    def run(self):
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self.error = exc
+        finally:
+            connections.close_all()
+
+    def join_result(self, timeout=60):
+        self.join(timeout)
+        assert not self.is_alive(), "thread did not finish"
+        if self.error:
+            raise self.error
+        return self.result

@@ -6,13 +6,13 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from django.db import connection, connections
+from django.db import connection
 
 from generation import services
 from generation.models import CleanupRun, GenerationStatus, RepairRecord
 
 from .factories import counters_of, make_batch
-from .helpers import postgres_url
+from .helpers import Thread, postgres_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -24,29 +24,6 @@ def other_connection():
     """A second, independent connection to the test database (as a worker of the backend would have)."""
     url = postgres_url(connection.settings_dict["NAME"]).replace("postgres://", "postgresql://")
     return psycopg.connect(url, autocommit=True)
-
-
-class Thread(threading.Thread):
-    """Runs fn in a thread with its own Django connection; re-raises its exception on join."""
-
-    def __init__(self, fn):
-        super().__init__(daemon=True)
-        self.fn, self.result, self.error = fn, None, None
-
-    def run(self):
-        try:
-            self.result = self.fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            self.error = exc
-        finally:
-            connections.close_all()
-
-    def join_result(self, timeout=30):
-        self.join(timeout)
-        assert not self.is_alive(), "thread did not finish"
-        if self.error:
-            raise self.error
-        return self.result
 
 
 def test_a_row_held_by_another_transaction_is_skipped_not_waited_on():

@@ -13,13 +13,14 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, connections
+from django.db import connection
 
 from generation import services
 from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
 from generation.rules import Counters
 
 from .factories import OUTSIDE, counters_of, make_batch, make_lock
+from .helpers import Thread
 from .simulator import SQL, backend_connection
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -42,29 +43,6 @@ def before_page(monkeypatch, model, backend_step):
 
     monkeypatch.setattr(services, "_keyset_pages", pages)
     return ran
-
-
-class Thread(threading.Thread):
-    """fn in a thread with its own Django connection; join_result() re-raises what it raised."""
-
-    def __init__(self, fn):
-        super().__init__(daemon=True)
-        self.fn, self.result, self.error = fn, None, None
-
-    def run(self):
-        try:
-            self.result = self.fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            self.error = exc
-        finally:
-            connections.close_all()
-
-    def join_result(self, timeout=60):
-        self.join(timeout)
-        assert not self.is_alive(), "thread did not finish"
-        if self.error:
-            raise self.error
-        return self.result
 
 
 def test_a_batch_the_backend_finishes_between_selection_and_locking_is_not_touched(monkeypatch):
