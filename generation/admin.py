@@ -256,8 +256,23 @@ class StuckFilter(admin.SimpleListFilter):
         return health.filter_stuck(queryset, cutoff=cutoff, rule=rule)
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Nobody adds, edits or deletes these rows here, not even a superuser: the backend owns the
+    mirrored rows (changes go through the repair actions, which record them), and the audit rows are
+    written once by the services and never edited."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(GenerationStatus)
-class GenerationStatusAdmin(admin.ModelAdmin):
+class GenerationStatusAdmin(ReadOnlyAdmin):
     list_display = ("id", "account", "content", "status", "diagnosis", "progress", "queued", "processing", "completed",
                     "failed", "updated")
     list_filter = (StuckFilter, "status", "content_type", "updated_at")
@@ -277,16 +292,6 @@ class GenerationStatusAdmin(admin.ModelAdmin):
         ("Error", {"fields": ("error_code", "error_message")}),
     )
     readonly_fields = ("diagnosis", "repairs")
-
-    # The backend owns these rows: viewing only, changes through the actions.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_repair_permission(self, request):
         return request.user.has_perm("generation.repair_generationstatus")
@@ -490,7 +495,7 @@ class ExpiredFilter(admin.SimpleListFilter):
 
 
 @admin.register(GenerationLock)
-class GenerationLockAdmin(admin.ModelAdmin):
+class GenerationLockAdmin(ReadOnlyAdmin):
     list_display = ("lock", "account", "content", "locked", "age", "expired", "batch")
     list_filter = (ExpiredFilter, "content_type")
     search_fields = ("account_id", "lock_id")
@@ -501,15 +506,6 @@ class GenerationLockAdmin(admin.ModelAdmin):
     actions = ("release_selected",)
     fields = ("id", "lock_id", "account_id", "content_type", "locked_at", "created_at", "age", "expired", "batch")
     readonly_fields = ("age", "expired", "batch")
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_release_permission(self, request):
         return request.user.has_perm("generation.release_generationlock")
@@ -616,19 +612,6 @@ def _lock_row(detail: services.LockDetail, stuck_after_s: float) -> dict:
 
 
 # --- History: read-only for everyone -----------------------------------------------------------
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Audit rows are written once by services.py and never edited, even by a superuser."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(CleanupRun)
