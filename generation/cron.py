@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError
 
 from . import services
 from .conf import job_settings
@@ -33,7 +33,7 @@ def run_cleanup():
         log_file = job_settings().log_file
         report = services.cleanup_from_settings(trigger=Trigger.CRON)
     except Exception as exc:
-        error = f"cleanup failed on {_database()}: {type(exc).__name__}: {_one_line(exc)}"
+        error = f"cleanup failed on {services.database_name()}: {type(exc).__name__}: {services.one_line(exc)}"
         logger.error("cron_failed", extra={"fields": {"error": error}})
         # the raw setting, not job_settings(): a bad setting must not hide its own error
         _append(Path(settings.CLEANUP_LOG_FILE), [f"ERROR: {error}"])
@@ -62,12 +62,5 @@ def _append(log_file: Path, lines):
         print(f"cannot write {log_file}: {exc}; the lines were: {lines}", file=sys.stderr)
 
 
-def _database():
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite database {s['NAME']}"
-    return f"database {s.get('NAME')} on {s.get('HOST') or 'localhost'}:{s.get('PORT') or 5432}"
 
 
-def _one_line(exc):
-    return " ".join(str(exc).split()) or type(exc).__name__

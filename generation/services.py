@@ -322,17 +322,26 @@ def _run_page(report, totals, what, work):
         # When the commit or rollback fails on a dead connection, atomic() closes it and Django silently
         # opens a new one: that session does not hold the run's advisory lock, so the run must stop.
         if connection.connection is not session or not connection.is_usable():
-            raise CleanupAborted(f"lost the database connection during the run ({_one_line(exc)})") from exc
+            raise CleanupAborted(f"lost the database connection during the run ({one_line(exc)})") from exc
         totals.failed_batches += 1
-        report.error(f"{what}: rolled back, left for the next run ({_one_line(exc)})")
-        logger.warning("page_failed", extra={"fields": {"what": what, "error": _one_line(exc)}})
+        report.error(f"{what}: rolled back, left for the next run ({one_line(exc)})")
+        logger.warning("page_failed", extra={"fields": {"what": what, "error": one_line(exc)}})
         return None
     result.merge_into(report)
     return result
 
 
-def _one_line(exc):
+def one_line(exc) -> str:
+    """An exception as one line (database errors span several), for reports, logs and messages."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def database_name() -> str:
+    """Which database, for an operator's error line: never the URL (it carries the password)."""
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite database {s['NAME']}"
+    return f"database {s.get('NAME')} on {s.get('HOST') or 'localhost'}:{s.get('PORT') or 5432}"
 
 
 def _bounded_pages(pages, report, totals, what, lock_timeout, statement_timeout):
@@ -352,12 +361,12 @@ def _bounded_pages(pages, report, totals, what, lock_timeout, statement_timeout)
             return
         except DatabaseError as exc:
             if connection.connection is not session or not connection.is_usable():
-                raise CleanupAborted(f"lost the database connection during the run ({_one_line(exc)})") from exc
+                raise CleanupAborted(f"lost the database connection during the run ({one_line(exc)})") from exc
             totals.failed_batches += 1
             report.error(f"{what} after #{last_id}: could not select the next page, left for the next run "
-                         f"({_one_line(exc)})")
+                         f"({one_line(exc)})")
             logger.warning("page_failed", extra={"fields": {"what": f"{what} after #{last_id}",
-                                                            "error": _one_line(exc)}})
+                                                            "error": one_line(exc)}})
             return
         last_id = ids[-1]
         yield ids
@@ -466,10 +475,10 @@ def _run_bounded(report, totals, what, lock_timeout, statement_timeout, work):
             work()
     except DatabaseError as exc:
         if connection.connection is not session or not connection.is_usable():
-            raise CleanupAborted(f"lost the database connection during the run ({_one_line(exc)})") from exc
+            raise CleanupAborted(f"lost the database connection during the run ({one_line(exc)})") from exc
         totals.failed_batches += 1
-        report.error(f"{what}: failed, left for the next run ({_one_line(exc)})")
-        logger.warning("page_failed", extra={"fields": {"what": what, "error": _one_line(exc)}})
+        report.error(f"{what}: failed, left for the next run ({one_line(exc)})")
+        logger.warning("page_failed", extra={"fields": {"what": what, "error": one_line(exc)}})
 
 
 ANOMALIES_NAMED = 20  # per kind, in the report's errors; the counts are exact
@@ -799,14 +808,14 @@ def _recorded(report: CleanupReport, run: CleanupRun | None, started: float):
         raise
     except DatabaseError as exc:
         if connection.is_usable():
-            report.error(f"run aborted: {type(exc).__name__}: {_one_line(exc)}")
+            report.error(f"run aborted: {type(exc).__name__}: {one_line(exc)}")
             raise
         # lost between two pages (selecting the next page): the same one-line abort as inside a page
-        aborted = CleanupAborted(f"lost the database connection during the run ({_one_line(exc)})")
+        aborted = CleanupAborted(f"lost the database connection during the run ({one_line(exc)})")
         report.error(str(aborted))
         raise aborted from exc
     except Exception as exc:
-        report.error(f"run aborted: {type(exc).__name__}: {_one_line(exc)}")
+        report.error(f"run aborted: {type(exc).__name__}: {one_line(exc)}")
         raise
     finally:
         report.duration_s = time.monotonic() - started

@@ -46,7 +46,7 @@ from .models import (
     RepairRecord,
     Trigger,
 )
-from .services import COUNTER_FIELDS, _bound_waits, database_now, lock_snapshot, status_snapshot
+from .services import COUNTER_FIELDS, _bound_waits, database_now, lock_snapshot, one_line, status_snapshot
 
 # The columns a status repair may change; updated_at is compared too, and always rewritten.
 RESTORABLE = (*COUNTER_FIELDS, "status", "completed_at")
@@ -242,9 +242,9 @@ def _undo_unit(record, companion, *, run, actor, job) -> list[UndoOutcome]:
             other.reason = other.reason or Refusal.WITH_BATCH.format(record=record.pk, reason=exc.reason)
     except DatabaseError as exc:
         if connection.connection is not session or not connection.is_usable():
-            raise UndoAborted(f"lost the database connection ({_one_line(exc)})") from exc
+            raise UndoAborted(f"lost the database connection ({one_line(exc)})") from exc
         for outcome in outcomes:
-            outcome.reason = outcome.reason or Refusal.BUSY.format(error=_one_line(exc))
+            outcome.reason = outcome.reason or Refusal.BUSY.format(error=one_line(exc))
     for outcome in outcomes:
         outcome.undone = not outcome.reason
         if outcome.reason:
@@ -264,8 +264,6 @@ def _undo_one(record, outcome, *, run, actor) -> RepairRecord:
     return _undo_lock(record, outcome, run=run, actor=actor)
 
 
-def _one_line(exc):
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # --- Status rows: compare-and-set ----------------------------------------------------------
@@ -361,7 +359,7 @@ def _undo_lock(record, outcome, *, run, actor) -> RepairRecord:
         with transaction.atomic():  # a savepoint: the unique constraints decide a race with the backend
             lock.save(force_insert=True)
     except IntegrityError as exc:
-        raise _Refused(_lock_refusal(snapshot) or Refusal.LOCK_RACE.format(error=_one_line(exc))) from None
+        raise _Refused(_lock_refusal(snapshot) or Refusal.LOCK_RACE.format(error=one_line(exc))) from None
     outcome.restored = lock_snapshot(lock)
     return RepairRecord(run=run, kind=RecordKind.LOCK, target_id=lock.pk, account_id=lock.account_id,
                         content_type=lock.content_type, rule=RecordRule.UNDO, before={}, after=outcome.restored,

@@ -4,7 +4,7 @@ import logging
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError
 
 from generation import services
 from generation.conf import job_settings, parse_duration, parse_positive_int
@@ -44,11 +44,6 @@ def _content_type(text):
     return text
 
 
-def _database_name():
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite database {s['NAME']}"
-    return f"database {s.get('NAME')} on {s.get('HOST') or 'localhost'}:{s.get('PORT') or 5432}"
 
 
 class Command(BaseCommand):
@@ -106,7 +101,7 @@ class Command(BaseCommand):
             raise CommandError(f"cleanup aborted: {exc}", returncode=1) from None
         except (OperationalError, InterfaceError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CommandError(f"cannot reach the {_database_name()}: {first_line}", returncode=1) from None
+            raise CommandError(f"cannot reach the {services.database_name()}: {first_line}", returncode=1) from None
         finally:
             if progress is not None:
                 progress.close()
