@@ -412,9 +412,9 @@ def print_run_report(data, args):
           f"transactions seen for ~{pages} pages, longest {watch['longest_s'] * 1000:.0f} ms | "
           f"{yes(watch['transactions'] >= pages * 0.9)} |")
     print(f"\nSame end state (counters, statuses, whether completed_at is set, remaining locks) for "
-          f"{', '.join(data['states'])}: {'yes' if data['identical'] else 'NO'}")
+          f"{', '.join(data['states'])}: {'yes' if data['identical'] else 'NO'}\n")
     for name, st in data["states"].items():
-        print(f"  {name}: state {st['digest'][0][:12]}, locks {st['digest'][2]:,} left, records {st['records']}")
+        print(f"    {name}: state {st['digest'][0][:12]}, locks {st['digest'][2]:,} left, records {st['records']}")
     print("\nEXPLAIN (ANALYZE, BUFFERS) of the candidate query, first page (backlog):\n")
     print(indent(data["explain"]["first"][1]))
     print(f"\nlater page (id > {data['explain']['later'][0]}, half the backlog behind it):\n")
