@@ -4,15 +4,22 @@ settings.py keeps what the operator wrote (strings from the environment);
 `job_settings()` turns them into typed values or raises ImproperlyConfigured
 with one line naming the variable and the bad value. The system checks call
 it, so `manage.py check` and every command refuse bad values at start-up.
+
+Each entry point (the command, cron, an admin request) reads them once and
+passes the one JobSettings value down; the parse is cached, and the cache is
+dropped when a test changes Django's settings.
 """
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from cronsim import CronSim, CronSimError
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from pytimeparse2 import parse as parse_timespan
 
 DURATION_HINT = "use e.g. 90m, 3h, 1h30m, 45s or plain seconds"
@@ -71,6 +78,10 @@ class JobSettings:
     schedule: str
     log_file: Path
 
+    def overridden(self, **values) -> "JobSettings":
+        """These settings with some replaced (the command's options); a None value leaves a setting as it is."""
+        return replace(self, **{name: value for name, value in values.items() if value is not None})
+
 
 # (setting name, JobSettings field, parser, may be empty)
 _SETTINGS = [
@@ -94,10 +105,16 @@ def _parsed(name, parse, optional):
         raise ImproperlyConfigured(f"{name}={raw!r} {exc}") from None
 
 
+@functools.cache
 def job_settings() -> JobSettings:
     """The parsed settings; ImproperlyConfigured (one line) on the first bad one."""
     values = {field: _parsed(name, parse, optional) for name, field, parse, optional in _SETTINGS}
     return JobSettings(**values, log_file=Path(settings.CLEANUP_LOG_FILE))
+
+
+@receiver(setting_changed)
+def _settings_changed(**kwargs):
+    job_settings.cache_clear()
 
 
 def settings_errors() -> list[str]:
