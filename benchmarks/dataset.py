@@ -18,7 +18,7 @@ and held for 5 hours (expired for the default 3 hour TTL), the others taken with
 Stuck batch number s names lock s % locks + 1, so the finishing rules release some of them.
 """
 
-# (rule the row should hit, status, T, Q, P, C, F): the worked examples of spec/repair-rules.md,
+# (rule the row should hit, status, T, Q, P, C, F): the worked examples of docs/contract.md,
 # chosen so every combination of changed columns the engine groups by occurs.
 STUCK_KINDS = [
     ("all_accounted", "processing", 10, 0, 0, 10, 0),

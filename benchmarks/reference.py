@@ -1,6 +1,6 @@
 """The reference: the same repairs as one SQL statement per table, the practical limit of the database.
 
-Applies the rules of spec/repair-rules.md that change rows with the default settings
+Applies the rules of docs/contract.md that change rows with the default settings
 (all_accounted, no_active_tasks, counter_overflow; stalled and corrupt rows are left alone, as
 the command leaves them), releases the finished batches' locks, deletes expired locks, and
 writes the same audit rows (generation_repairrecord, with before/after as JSON) as the command,
