@@ -155,8 +155,13 @@ def test_connection_killed_mid_run_exits_1_and_leaves_no_half_batch(monkeypatch,
     assert err.startswith("CommandError: cleanup aborted: lost the database connection during the run (")
     assert "Traceback" not in err + out
     assert applied_or_untouched(planted, orphans) == (applied_before_kill, 15 - applied_before_kill)
+    # The server is still up, only the session died: the run row is closed on a new connection, as errors,
+    # with the abort's line, and counts what the committed pages did (their records, nothing of the lost page).
     aborted = CleanupRun.objects.get()
-    assert aborted.outcome in ("", "errors")  # "" when the dead connection could not even close the run row
+    assert aborted.outcome == "errors"
+    assert aborted.error.startswith("lost the database connection during the run ("), aborted.error
+    assert aborted.finished_at is not None
+    assert aborted.repaired == RepairRecord.objects.filter(run=aborted, kind="status").count()
 
     code, out, err = run_command("--batch-size", "3")
     assert (code, err) == (0, ""), err
