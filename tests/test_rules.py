@@ -223,7 +223,7 @@ def overflowing(draw, values):
     return Counters(t, queued, in_flight - queued, completed, failed)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.one_of(overflowing(small), overflowing(valid)), in_progress, st.booleans())
 def test_an_excess_is_counter_overflow_and_the_status_after_is_the_in_progress_status(before, status, fail_stalled):
     assert before.in_flight + before.accounted > before.total_requested > before.accounted  # the rule's condition
