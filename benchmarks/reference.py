@@ -20,10 +20,10 @@ LOCK_SNAPSHOT = """jsonb_build_object(
     'locked_at', locked_at, 'created_at', created_at)"""
 
 START_RUN_SQL = """
-INSERT INTO generation_cleanuprun (started_at, trigger, dry_run, stuck_after, lock_ttl, filters, host, examined,
+INSERT INTO generation_cleanuprun (started_at, kind, trigger, dry_run, stuck_after, lock_ttl, filters, host, examined,
     repaired_all_accounted, repaired_no_active_tasks, repaired_counter_overflow, repaired_stalled_failed, stalled,
     corrupt, skipped_busy, locks_expired, locks_removed, locks_released, outcome, error)
-VALUES (now(), 'command', false, %(stuck_after)s, %(lock_ttl)s, '{}', 'reference-sql', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+VALUES (now(), 'cleanup', 'command', false, %(stuck_after)s, %(lock_ttl)s, '{}', 'reference-sql', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         0, 'ok', '')
 RETURNING id
 """

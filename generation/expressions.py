@@ -81,9 +81,9 @@ class TransactionNow(Func):
     output_field = DateTimeField()
 
 
-def page_clock(connection):
-    """The clock a page's statements share: the transaction's on PostgreSQL; on SQLite, whose 'now' moves
-    between two statements, this instant as a parameter of both."""
+def pass_clock(connection):
+    """The clock a page's statements share: the page transaction's on PostgreSQL; on SQLite, whose 'now'
+    moves between two statements, the pass's start as a parameter of every statement of the pass."""
     if connection.vendor == "postgresql":
         return TransactionNow()
     return Value(timezone.now(), output_field=DateTimeField())

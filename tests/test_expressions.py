@@ -165,7 +165,7 @@ def test_the_snapshots_the_database_builds_are_the_rows_values():
 def test_the_after_snapshot_stamps_the_clock_only_where_a_repair_applies(django_assert_num_queries):
     now, ids = insert([(Counters(10, 0, 0, 6, 1), "processing", STUCK), (Counters(10, 2, 5, 6, 0), "processing", STUCK),
                        (Counters(10, 1, 1, 3, 2), "processing", STUCK)])
-    clock = ex.page_clock(connection)
+    clock = ex.pass_clock(connection)
     judgement = ex.Judgement(cutoff=now - WINDOW)
     rows = dict(GenerationStatus.objects.annotate(after=ex.status_snapshot_after(judgement, clock))
                 .values_list("id", "after"))
