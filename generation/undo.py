@@ -36,7 +36,7 @@ from django.db.models.functions import Now
 
 from . import expressions as ex
 from .conf import JobSettings
-from .db import bounded_transaction, database_now, one_line
+from .db import bounded_transaction, one_line
 from .models import (
     CleanupRun,
     GenerationLock,
@@ -308,7 +308,7 @@ def _undo_status(record, outcome, *, run, actor) -> RepairRecord:
         raise _Refused(Refusal.ROW_CHANGED.format(differences="; ".join(differences)))
     matched = GenerationStatus.objects.filter(
         pk=record.target_id, **{name: _value(name, value) for name, value in expected.items()},
-    ).update(**{name: _value(name, record.before[name]) for name in changed}, updated_at=database_now())
+    ).update(**{name: _value(name, record.before[name]) for name in changed}, updated_at=Now())
     if matched != 1:  # cannot happen under the row lock; the WHERE is the guarantee all the same
         raise _Refused(Refusal.ROW_CHANGED.format(differences="the compare-and-set matched no row"))
     outcome.restored = _snapshot(GenerationStatus, record.target_id, ex.status_snapshot())

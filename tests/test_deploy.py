@@ -399,7 +399,7 @@ def test_documented_sql_runs():
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_documented_query_finds_the_run_holding_the_advisory_lock():
-    from generation.services import ADVISORY_LOCK_KEY
+    from generation.db import ADVISORY_LOCK_KEY
 
     [query] = [block for block in fenced("sql") if "pg_locks" in block]
     assert str(ADVISORY_LOCK_KEY) in query

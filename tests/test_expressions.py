@@ -146,6 +146,15 @@ def test_any_counters_up_to_the_bigint_limits_are_judged_and_written_as_rules_sa
     check_verdicts_and_writes(batches)
 
 
+def test_counters_at_the_bigint_limit_are_judged_and_written_without_overflow():
+    """Sums of these would pass 2^63 - 1 and fail the statement: the expressions never add counters up."""
+    big = BIGINT_MAX
+    shapes = [(5, big, big, 0, 0), (big, 0, 0, big, big), (big, 1, 0, big - 2, 0), (3, 0, big, 0, 0),
+              (big, big, 0, 0, 0), (big, big, big, 1, 1)]
+    checked = check_verdicts_and_writes([(Counters(*shape), "processing", STUCK) for shape in shapes])
+    assert checked["verdicts"] == 4 * len(shapes) and checked["writes"] >= len(shapes)
+
+
 # --- Snapshots -----------------------------------------------------------------------------------
 
 

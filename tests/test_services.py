@@ -11,11 +11,11 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 
-from generation import services
+from generation import results, services
 from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
 from generation.rules import Counters
 
-from .factories import INSIDE, OUTSIDE, WINDOW, counters_of, make_batch, make_lock
+from .factories import INSIDE, OUTSIDE, WINDOW, counters_of, job, make_batch, make_lock, snapshot_of
 
 pytestmark = pytest.mark.django_db
 
@@ -178,7 +178,7 @@ def test_every_record_holds_the_values_before_and_after():
     batch.refresh_from_db()
     assert record.before["total_processing"] == 2 and record.before["status"] == "processing"
     assert record.before["completed_at"] is None
-    assert record.after == services.status_snapshot(batch)
+    assert record.after == snapshot_of(batch)
     lock_record = RepairRecord.objects.get(kind="lock")
     assert (lock_record.rule, lock_record.before["lock_id"], lock_record.after) == (
         "released_with_batch", batch.lock_id, None)
@@ -285,7 +285,7 @@ def test_small_batches_page_through_everything():
 
 
 def test_details_are_capped(monkeypatch):
-    monkeypatch.setattr(services, "DETAILS_CAP", 3)
+    monkeypatch.setattr(results, "DETAILS_CAP", 3)
     for _ in range(5):
         make_batch((4, 0, 0, 0, 0))
     report, _ = run_command()
@@ -298,36 +298,38 @@ def test_repair_selected_scheduled_leaves_fresh_rows_alone():
     stuck = make_batch((4, 0, 0, 0, 0))
     fresh = make_batch((4, 0, 0, 0, 0), idle=timedelta(minutes=5))
     done = make_batch((4, 0, 0, 4, 0), status="completed")
-    report = services.repair_selected(ids=[stuck.pk, fresh.pk, done.pk])
+    report = services.repair_selected(job=job(), ids=[stuck.pk, fresh.pk, done.pk])
     assert report.statuses.by_rule["no_active_tasks"] == 1
-    reasons = {d.id: d.rule for d in report.statuses.details}
-    assert reasons == {stuck.pk: "no_active_tasks", fresh.pk: "not_stuck", done.pk: "finished"}
+    # a row left alone is called what the list's diagnosis calls it
+    reasons = {d.id: (d.rule, d.left_alone) for d in report.statuses.details}
+    assert reasons == {stuck.pk: ("no_active_tasks", False), fresh.pk: ("healthy", True), done.pk: ("finished", True)}
     assert counters_of(fresh).total_failed == 0
     assert CleanupRun.objects.get(pk=report.run_id).trigger == "admin"
 
 
 def test_repair_selected_force_ignores_the_window_and_preview_writes_nothing():
     fresh = make_batch((4, 0, 0, 0, 0), idle=timedelta(minutes=5))
-    preview = services.repair_selected(ids=[fresh.pk], mode=services.Mode.FORCE, dry_run=True)
+    preview = services.repair_selected(job=job(), ids=[fresh.pk], mode=services.Mode.FORCE, dry_run=True)
     assert preview.statuses.details[0].after["total_failed"] == 4
     assert counters_of(fresh).total_failed == 0 and CleanupRun.objects.count() == 0
-    services.repair_selected(ids=[fresh.pk], mode=services.Mode.FORCE)
+    services.repair_selected(job=job(), ids=[fresh.pk], mode=services.Mode.FORCE)
     assert counters_of(fresh).total_failed == 4
 
 
 def test_repair_selected_fail_stalled_only_touches_stalled_rows():
     stalled = make_batch((10, 1, 1, 3, 2), idle=timedelta(minutes=5))
     other = make_batch((4, 0, 0, 0, 0))
-    report = services.repair_selected(ids=[stalled.pk, other.pk], mode=services.Mode.FAIL_STALLED)
+    report = services.repair_selected(job=job(), ids=[stalled.pk, other.pk], mode=services.Mode.FAIL_STALLED)
     assert counters_of(stalled) == Counters(10, 0, 0, 3, 7)
     assert counters_of(other).total_failed == 0
-    assert {d.id: d.rule for d in report.statuses.details} == {stalled.pk: "stalled_failed", other.pk: "not_stalled"}
+    details = {d.id: (d.rule, d.left_alone, d.applied) for d in report.statuses.details}
+    assert details == {stalled.pk: ("stalled_failed", False, True), other.pk: ("no_active_tasks", True, False)}
 
 
 def test_release_locks_by_hand_records_each():
     batch = make_batch((10, 1, 1, 3, 2), idle=timedelta(minutes=5), lock_held_for=timedelta(minutes=5))
     lock = GenerationLock.objects.get(lock_id=batch.lock_id)
-    report = services.release_locks(ids=[lock.pk, 987654])
+    report = services.release_locks(job=job(), ids=[lock.pk, 987654])
     assert report.locks.removed == 1 and report.locks.skipped_busy == 1
     assert not GenerationLock.objects.filter(pk=lock.pk).exists()
     record = RepairRecord.objects.get(kind="lock")
