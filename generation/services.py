@@ -241,10 +241,8 @@ def repair_selected(*, job: JobSettings, ids, mode: Mode = Mode.SCHEDULED, actor
         stuck_after=report.stuck_after, fail_stalled_after=report.fail_stalled_after, batch_size=job.batch_size)
     report.run_id = run.pk if run else None
     with recorded(report, run):
-        for start in range(0, len(ids), job.batch_size):
-            page = ids[start:start + job.batch_size]
-            _run_page(report, report.statuses, f"selected batches #{page[0]}..#{page[-1]}", job, lambda page=page: (
-                status_page(page, judged, dry_run=dry_run, run=run, actor=actor)))
+        _selected_pages(report, report.statuses, "selected batches", ids, job, lambda page: (
+            status_page(page, judged, dry_run=dry_run, run=run, actor=actor)))
     return report
 
 
@@ -258,8 +256,13 @@ def release_locks(*, job: JobSettings, ids, actor=None, dry_run: bool = False,
     report.run_id = run.pk if run else None
     judged = lock_pass(cutoff=None, rule=RecordRule.RELEASED_BY_HAND, clock=ex.pass_clock(connection))
     with recorded(report, run):
-        for start in range(0, len(ids), job.batch_size):
-            page = ids[start:start + job.batch_size]
-            _run_page(report, report.locks, f"selected locks #{page[0]}..#{page[-1]}", job, lambda page=page: (
-                lock_page(page, judged, dry_run=dry_run, run=run, actor=actor)))
+        _selected_pages(report, report.locks, "selected locks", ids, job, lambda page: (
+            lock_page(page, judged, dry_run=dry_run, run=run, actor=actor)))
     return report
+
+
+def _selected_pages(report, totals, what, ids, job: JobSettings, work):
+    """Hand-picked ids in pages of the batch size, each page its own transaction."""
+    for start in range(0, len(ids), job.batch_size):
+        page = ids[start:start + job.batch_size]
+        _run_page(report, totals, f"{what} #{page[0]}..#{page[-1]}", job, lambda page=page: work(page))

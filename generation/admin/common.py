@@ -62,6 +62,18 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class AccountColumns:
+    """The account and content type columns every list shows, with short headers (the list must fit)."""
+
+    @admin.display(description="account", ordering="account_id")
+    def account(self, obj):
+        return obj.account_id
+
+    @admin.display(description="type", ordering="content_type")
+    def content(self, obj):
+        return obj.content_type
+
+
 def aborted_as_message(action):
     """An action whose database connection is lost mid-way (db.ConnectionLost) ends as an error message, not
     a server error; what was committed before stays, as the history shows."""

@@ -15,6 +15,7 @@ from ..report import format_duration, undo_message
 from ..rules import COUNTER_FIELDS, counters_text
 from .common import (
     COUNTER_LABELS,
+    AccountColumns,
     ReadOnlyAdmin,
     confirmation_page,
     confirmed,
@@ -99,7 +100,7 @@ def _record_link(record_id, text):
 
 
 @admin.register(RepairRecord)
-class RepairRecordAdmin(ReadOnlyAdmin):
+class RepairRecordAdmin(AccountColumns, ReadOnlyAdmin):
     list_display = ("id", "created", "rule_badge", "target", "account", "content", "actor", "run_link", "change")
     list_filter = ("rule", "kind", "run__trigger", "run__outcome", "content_type", "created_at")
     list_select_related = ("run", "actor")
@@ -134,14 +135,6 @@ class RepairRecordAdmin(ReadOnlyAdmin):
     @admin.display(description="rule", ordering="rule")
     def rule_badge(self, obj):
         return format_html('<span class="gen-diagnosis gen-{}">{}</span>', obj.rule, obj.rule)
-
-    @admin.display(description="account", ordering="account_id")
-    def account(self, obj):
-        return obj.account_id
-
-    @admin.display(description="type", ordering="content_type")
-    def content(self, obj):
-        return obj.content_type
 
     @admin.display(description="change")
     def change(self, obj):

@@ -11,6 +11,7 @@ from .. import rules, selectors, services
 from ..models import GenerationLock
 from ..report import format_duration, release_message
 from .common import (
+    AccountColumns,
     ReadOnlyAdmin,
     aborted_as_message,
     confirmation_page,
@@ -39,7 +40,7 @@ class ExpiredFilter(admin.SimpleListFilter):
 
 
 @admin.register(GenerationLock)
-class GenerationLockAdmin(ReadOnlyAdmin):
+class GenerationLockAdmin(AccountColumns, ReadOnlyAdmin):
     list_display = ("lock", "account", "content", "locked", "age", "expired", "batch")
     list_filter = (ExpiredFilter, "content_type")
     search_fields = ("account_id", "lock_id")
@@ -67,14 +68,6 @@ class GenerationLockAdmin(ReadOnlyAdmin):
         # a UUID's first block tells locks apart on a page; the whole id is on hover and on the lock's page
         short = obj.lock_id if len(obj.lock_id) <= 13 else obj.lock_id[:8] + "…"
         return format_html('<span class="gen-mono" title="{}">{}</span>', obj.lock_id, short)
-
-    @admin.display(description="account", ordering="account_id")
-    def account(self, obj):
-        return obj.account_id
-
-    @admin.display(description="type", ordering="content_type")
-    def content(self, obj):
-        return obj.content_type
 
     @admin.display(description="locked at", ordering="locked_at")
     def locked(self, obj):

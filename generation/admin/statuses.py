@@ -15,6 +15,7 @@ from ..rules import COUNTER_FIELDS
 from ..services import Mode
 from .common import (
     COUNTER_LABELS,
+    AccountColumns,
     ReadOnlyAdmin,
     aborted_as_message,
     confirmation_page,
@@ -52,7 +53,7 @@ class StuckFilter(admin.SimpleListFilter):
 
 
 @admin.register(GenerationStatus)
-class GenerationStatusAdmin(ReadOnlyAdmin):
+class GenerationStatusAdmin(AccountColumns, ReadOnlyAdmin):
     list_display = ("id", "account", "content", "status", "diagnosis", "progress", "queued", "processing", "completed",
                     "failed", "updated")
     list_filter = (StuckFilter, "status", "content_type", "updated_at")
@@ -92,14 +93,6 @@ class GenerationStatusAdmin(ReadOnlyAdmin):
         ]
 
     # --- columns (short headers: the diagnosis must stay in view beside the sidebar and the filters)
-
-    @admin.display(description="account", ordering="account_id")
-    def account(self, obj):
-        return obj.account_id
-
-    @admin.display(description="type", ordering="content_type")
-    def content(self, obj):
-        return obj.content_type
 
     @admin.display(description="progress", ordering="total_completed")
     def progress(self, obj):
