@@ -125,10 +125,6 @@ class CleanupReport:
     def fail_cutoff(self):
         return self.now - self.fail_stalled_after if self.fail_stalled_after else None
 
-    @property
-    def records_written(self):
-        return 0 if self.dry_run else self.statuses.repaired + self.statuses.locks_released + self.locks.removed
-
     def error(self, message):
         if len(self.errors) < ERRORS_CAP:
             self.errors.append(message)

@@ -13,7 +13,8 @@ from django.db.models import F
 
 from generation import results, services
 from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
-from generation.rules import Counters
+from generation.demo import seed_demo_data
+from generation.rules import COUNTER_FIELDS, REPAIRS, Counters
 
 from .factories import INSIDE, OUTSIDE, WINDOW, counters_of, job, make_batch, make_lock, snapshot_of
 
@@ -408,3 +409,24 @@ def test_many_anomalies_are_counted_exactly_and_named_up_to_the_cap(monkeypatch)
     report, _ = run_command()
     assert report["statuses"]["unknown_status"] == 5
     assert len(report["errors"]) == 3 and report["errors"][-1] == "3 more batches like these (unknown_status); not changed"
+
+
+def test_the_dry_run_predicts_exactly_what_the_real_run_then_does():
+    """Same batches, same rules, same values after (counters, status, whether it finishes), same locks, on the
+    demo's mix of every rule, with a fail-stalled window so that every repair rule occurs."""
+    seed_demo_data(count=300, seed=7, lock_ttl=timedelta(hours=3))
+    the_job = job(fail_stalled_after=timedelta(hours=30))
+    dry = services.cleanup(job=the_job, dry_run=True)
+    assert not dry.statuses.details_truncated and CleanupRun.objects.count() == 0
+    predicted = {d.id: (d.rule, {k: d.after[k] for k in (*COUNTER_FIELDS, "status")}, d.after["completed_at"] is None)
+                 for d in dry.statuses.details if d.rule in REPAIRS}
+    predicted_locks = sorted(d.id for d in dry.locks.details)
+
+    real = services.cleanup(job=the_job)
+    records = RepairRecord.objects.filter(run_id=real.run_id, kind="status")
+    done = {r.target_id: (r.rule, {k: r.after[k] for k in (*COUNTER_FIELDS, "status")}, r.after["completed_at"] is None)
+            for r in records}
+    assert done == predicted and {rule for rule, *_ in done.values()} == set(REPAIRS)
+    assert sorted(d.id for d in real.locks.details) == predicted_locks
+    assert (real.statuses.by_rule, real.statuses.locks_released, real.statuses.stalled, real.statuses.corrupt) == (
+        dry.statuses.by_rule, dry.statuses.locks_released, dry.statuses.stalled, dry.statuses.corrupt)

@@ -115,7 +115,7 @@ def confirmation_page(modeladmin, request, template: str, *, title: str, ids, ac
     return TemplateResponse(request, template, {
         **modeladmin.admin_site.each_context(request), "title": title, "subtitle": None, "ids": ids,
         "action": action, "opts": modeladmin.opts, "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-        "media": modeladmin.media, **context,
+        "media": modeladmin.media, "counters_label": COUNTERS_LABEL, **context,
     })
 
 
