@@ -555,6 +555,11 @@ RUN_BY = {
     "kubectl logs job/butter-admin-cleanup-now": NO_CLUSTER,
     "kubectl get cronjob butter-admin-cleanup": NO_CLUSTER,
     "kubectl get jobs -l app.kubernetes.io/component=cleanup": NO_CLUSTER,
+    "kubectl apply -f deploy/kubernetes/web-configmap.yaml": NO_CLUSTER,
+    "kubectl apply -f deploy/kubernetes/web-deployment.yaml": NO_CLUSTER,
+    "kubectl apply -f deploy/kubernetes/web-service.yaml": NO_CLUSTER,
+    "kubectl rollout status deployment/butter-admin-web --timeout=5m": NO_CLUSTER,
+    "kubectl exec -it deploy/butter-admin-web -- python manage.py setup_roles --user alice --role repairer": NO_CLUSTER,
 }
 
 
