@@ -505,6 +505,10 @@ def test_the_image_serves_the_admin_with_gunicorn(tmp_path, django_user_model):
         assert headers["Cache-Control"] == "max-age=315360000, public, immutable"
         assert gzip.decompress(css) == (app / "staticfiles" / base.removeprefix("/static/")).read_bytes()
 
+        # DEBUG is off: an unknown page is a plain 404, never Django's technical page
+        status, _, body = web.request("GET", "/no-such-page/", through_the_ingress())
+        assert status == 404 and b"URLconf" not in body
+
         # plain HTTP through the ingress goes to HTTPS
         status, headers, _ = web.request("GET", "/admin/login/", {"Host": HOST})
         assert (status, headers["Location"]) == (301, f"{ORIGIN}/admin/login/")
