@@ -17,6 +17,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from generation.conf import parse_duration, parse_positive_int  # plain parsers: no model, no settings read
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -66,17 +68,20 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_crontab",
+    "axes",  # login lockout (the block "Login lockout" below)
     "generation",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files without DEBUG (the block "Static files" below)
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # turns a refused login into the lockout page; last, as axes asks
 ]
 
 ROOT_URLCONF = "butter_admin.urls"
@@ -150,16 +155,67 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# --- Static files (README "Running in production") --------------------------------------------------
+# `collectstatic` (run when the image is built) copies them into STATIC_ROOT under content-hashed names
+# with gzip copies beside them; WhiteNoise serves them from the WSGI process with DEBUG off, the hashed
+# names cached for a year (a new release has new names), so no separate web server is needed.
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
-# Production hardening; each can be relaxed from the environment (e.g. behind
-# a TLS-terminating proxy that already redirects).
+
+def _parsed(name, default, parse):
+    """A setting through one of generation.conf's parsers; a bad value stops start-up with one line."""
+    value = env.str(name, default=default)
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={value!r} {exc}") from None
+
+
+# --- HTTPS and cookies (README "Running in production"; `manage.py check --deploy` is clean with it) ---
+# Each is on unless DEBUG and can be changed from the environment. Behind a TLS-terminating proxy set
+# BEHIND_TLS_PROXY=true: the proxy's X-Forwarded-Proto then tells Django the request came over HTTPS
+# (the proxy must overwrite that header, never pass on the client's).
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# the probes come from the kubelet over plain HTTP straight to the pod: answered, never redirected
+SECURE_REDIRECT_EXEMPT = [r"^health/"]
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 3600)
+# Off unless set: both commit more than this host to HTTPS (every subdomain; browsers' preload lists).
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_TLS_PROXY", default=False) else None
+# e.g. security.W005,security.W021 where the HSTS settings above cannot be on (the README says when)
+SILENCED_SYSTEM_CHECKS = env.list("SILENCED_SYSTEM_CHECKS", default=[])
+# An admin session ends after this long without a request; every request starts the time again.
+SESSION_COOKIE_AGE = int(_parsed("SESSION_IDLE_TIMEOUT", "8h", parse_duration).total_seconds())
+SESSION_SAVE_EVERY_REQUEST = True
+
+# --- Login lockout (django-axes; README "Admin") -------------------------------------------------------
+# LOGIN_FAILURE_LIMIT failed logins for one username from one address lock that pair out for
+# LOGIN_COOLOFF, counted from the last failure, even with the right password; attempts during the
+# lockout do not extend it. Unlock early: `python manage.py axes_reset_username NAME`.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses a locked-out login before the password is checked
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = _parsed("LOGIN_FAILURE_LIMIT", "5", parse_positive_int)
+AXES_COOLOFF_TIME = _parsed("LOGIN_COOLOFF", "15m", parse_duration)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_ENABLE_ACCESS_FAILURE_LOG = True  # every failure, with whether it was refused by a lockout, in the admin
+AXES_LOCKOUT_TEMPLATE = "admin/locked_out.html"
+# The address counted: the TCP peer, or behind a reverse proxy only the header it writes
+# (butter_admin/client_ip.py); never a header the client could set.
+AXES_CLIENT_IP_CALLABLE = "butter_admin.client_ip.client_ip"
+CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")
+CLIENT_IP_PROXY_COUNT = _parsed("CLIENT_IP_PROXY_COUNT", "1", parse_positive_int)
 
 # --- The cleanup job ------------------------------------------------------
 # Durations are kept as the strings the operator wrote; generation.conf parses

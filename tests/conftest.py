@@ -2,7 +2,9 @@ import os
 import shutil
 
 import pytest
+from django.conf import settings
 from django.db import connection
+from django.test import override_settings
 
 IN_CI = os.environ.get("CI") == "true"
 # Debian's chromium and chromium-driver (what Django's own selenium tests use).
@@ -11,6 +13,18 @@ BROWSER_BINARIES = ("chromium", "chromedriver")
 
 def pytest_report_header(config):
     return f"database: {connection.vendor} ({connection.settings_dict['NAME']}); CI={IN_CI}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def static_files_without_collectstatic(tmp_path_factory):
+    """The production storage (settings.py) needs `collectstatic`'s manifest before any page that links
+    a static file can render, and WhiteNoise warns about a missing STATIC_ROOT; the tests render pages
+    without running it. For the whole session, so the browser test's live server (started before any
+    function fixture) has it too. The production setup itself is tested end to end in
+    tests/test_deploy.py (collectstatic, then gunicorn)."""
+    storages = {**settings.STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+    with override_settings(STORAGES=storages, STATIC_ROOT=tmp_path_factory.mktemp("static_root")):
+        yield
 
 
 def pytest_runtest_setup(item):

@@ -1,6 +1,7 @@
 """Shared test helpers: running manage.py as a real process, scratch PostgreSQL databases."""
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -21,6 +22,13 @@ def manage(*args, env=None, cwd=ROOT, timeout=120):
         [sys.executable, str(ROOT / "manage.py"), *args],
         env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def readme_production_env():
+    """The README's production environment ("Running in production"): its ```dotenv block, as a dict."""
+    [block] = re.findall(r"^```dotenv\n(.*?)^```", (ROOT / "README.md").read_text(), re.M | re.S)
+    lines = [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
 
 
 def postgres_url(dbname):

@@ -875,3 +875,83 @@ def test_a_repair_that_loses_its_connection_is_an_error_message_and_the_run_says
     run = CleanupRun.objects.get()
     assert run.outcome == "errors" and "lost the database connection" in run.error
     assert counters(stuck) == (10, 0, 0, 6, 1, "processing")
+
+
+# --- The roles as setup_roles creates them: viewer and repairer ----------------------------------------
+
+
+@pytest.fixture
+def role_client(client, django_user_model):
+    """A logged-in client for a user put in a role the way operators do it: `setup_roles --user --role`."""
+    from generation import roles
+
+    roles.sync_roles()
+
+    def as_role(role):
+        roles.assign_role(username=f"{role}-user", role=role, password="a-long-enough-password-42")
+        user = django_user_model.objects.get(username=f"{role}-user")
+        client.force_login(user)
+        return client, user
+
+    return as_role
+
+
+def test_a_viewer_sees_every_list_record_and_the_health_page_but_no_action(role_client, admin_user):
+    row = batch(10, 2, 5, 6, 0, lock=True)
+    services.repair_selected(ids=[row.pk], actor=admin_user)
+    record = status_record_of(row)
+    client, _ = role_client("viewer")
+    pages = [STATUSES_URL, LOCKS_URL, RECORDS_URL, HEALTH_URL, reverse("admin:generation_cleanuprun_changelist"),
+             reverse("admin:generation_generationstatus_change", args=[row.pk]),
+             reverse("admin:generation_repairrecord_change", args=[record.pk]),
+             reverse("admin:generation_cleanuprun_change", args=[record.run_id])]
+    for url in pages:
+        assert client.get(url).status_code == 200, url
+    for url in (STATUSES_URL, LOCKS_URL, RECORDS_URL, reverse("admin:generation_cleanuprun_changelist")):
+        assert _action_choices(client, url) == set(), url
+    assert 'id="gen-undo-form"' not in client.get(reverse("admin:generation_repairrecord_change",
+                                                          args=[record.pk])).content.decode()
+    # the login attempts are the superuser's business
+    assert client.get(reverse("admin:axes_accessattempt_changelist")).status_code == 403
+
+
+def test_a_viewers_crafted_posts_change_nothing(role_client, admin_user):
+    stuck, stalled = batch(10, 0, 0, 6, 1), batch(10, 1, 1, 3, 2)
+    undoable = batch(10, 2, 5, 6, 0)
+    services.repair_selected(ids=[undoable.pk], actor=admin_user)
+    record = status_record_of(undoable)
+    expired = batch(10, 0, 0, 10, 0, status="completed", lock=True)
+    lock = GenerationLock.objects.get(lock_id=expired.lock_id)
+    runs, records = CleanupRun.objects.count(), RepairRecord.objects.count()
+    client, _ = role_client("viewer")
+    for action in ("repair_stuck", "force_repair", "fail_stalled"):
+        for extra in ({}, {"post": "yes"}):
+            assert act(client, STATUSES_URL, action, [stuck, stalled], **extra).status_code in (200, 403)
+    assert act(client, LOCKS_URL, "release_selected", [lock], post="yes").status_code in (200, 403)
+    assert act(client, RECORDS_URL, "undo_selected", [record], post="yes").status_code in (200, 403)
+    assert counters(stuck) == (10, 0, 0, 6, 1, "processing") and counters(stalled) == (10, 1, 1, 3, 2, "processing")
+    assert counters(undoable) == (10, 2, 2, 6, 0, "processing")
+    assert GenerationLock.objects.filter(pk=lock.pk).exists()
+    assert (CleanupRun.objects.count(), RepairRecord.objects.count(), LogEntry.objects.count()) == (runs, records, 0)
+
+
+def test_a_repairer_can_run_every_action(role_client):
+    client, user = role_client("repairer")
+    assert {"repair_stuck", "force_repair", "fail_stalled"} <= _action_choices(client, STATUSES_URL)
+    assert _action_choices(client, LOCKS_URL) == {"release_selected"}
+    assert _action_choices(client, RECORDS_URL) == {"undo_selected"}
+
+    stuck, fresh, stalled = batch(10, 0, 0, 6, 1), batch(10, 2, 5, 6, 0, idle=FRESH), batch(10, 1, 1, 3, 2)
+    act(client, STATUSES_URL, "repair_stuck", [stuck])
+    act(client, STATUSES_URL, "force_repair", [fresh], post="yes")
+    act(client, STATUSES_URL, "fail_stalled", [stalled], post="yes")
+    assert counters(stuck) == (10, 0, 0, 6, 4, "partial")
+    assert counters(fresh) == (10, 2, 2, 6, 0, "processing")
+    assert counters(stalled) == (10, 0, 0, 3, 7, "partial")
+    act(client, RECORDS_URL, "undo_selected", [status_record_of(fresh)], post="yes")
+    assert counters(fresh) == (10, 2, 5, 6, 0, "processing")
+    held = batch(10, 0, 0, 10, 0, status="completed", lock=True)
+    act(client, LOCKS_URL, "release_selected", [GenerationLock.objects.get(lock_id=held.lock_id)], post="yes")
+    assert not GenerationLock.objects.filter(lock_id=held.lock_id).exists()
+    assert set(RepairRecord.objects.values_list("actor", flat=True)) == {user.pk}
+    assert LogEntry.objects.filter(user=user).count() == 5

@@ -4,20 +4,28 @@
   against pinned Kubernetes versions, and says what docs/operations.md says it does.
 - The Dockerfile (dockerfile-parse): a slim Python 3.11 base, the same install as `make`, a
   non-root user, and a CMD that is the documented command. What it COPYs is copied into a folder
-  the way `docker build` would (honouring .dockerignore), and the CMD and the migrate Job's command
-  are run from that folder: a file the image lacks would fail them.
+  the way `docker build` would (honouring .dockerignore), its collectstatic step is run there, and
+  the CMD, the migrate Job's commands and the web Deployment's gunicorn are run from that folder
+  with the environment their pods get: a file the image lacks would fail them.
 """
 
 import fnmatch
+import gzip
+import http.client
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from copy import deepcopy
 from datetime import timedelta
+from http.cookies import SimpleCookie
 from io import StringIO
 from pathlib import Path
+from urllib.parse import urlencode
 
 import kubernetes_validate
 import psycopg
@@ -25,6 +33,7 @@ import pytest
 import yaml
 from django.core.management import call_command
 from django.db import connection
+from django.urls import reverse
 from dockerfile_parse import DockerfileParser
 
 from generation.conf import _SETTINGS as JOB_SETTINGS
@@ -32,7 +41,7 @@ from generation.models import CleanupRun
 
 from .conftest import IN_CI
 from .factories import make_batch
-from .helpers import ROOT, postgres_url, scratch_database
+from .helpers import ROOT, postgres_url, readme_production_env, scratch_database
 
 # The oldest version with CronJob.spec.timeZone generally available, and the newest the pinned
 # kubernetes-validate (requirements-dev.txt) knows. CI runs the same check as a command (report).
@@ -41,20 +50,29 @@ MANIFEST_DIR = ROOT / "deploy" / "kubernetes"
 MANIFESTS = sorted(MANIFEST_DIR.glob("*.yaml"))
 DOCUMENTED_COMMAND = ["python", "manage.py", "cleanup_stuck_generation"]
 MIGRATE_COMMAND = ["python", "manage.py", "migrate", "--fake-initial", "--noinput"]
+ROLES_COMMAND = ["python", "manage.py", "setup_roles"]
+WEB_COMMAND = ["gunicorn", "--config", "python:butter_admin.gunicorn"]
+JOB_CONFIG, WEB_CONFIG = "butter-admin-cleanup", "butter-admin-web"
 
 
 def resources(path):
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def resource(kind):
-    [found] = [doc for path in MANIFESTS for doc in resources(path) if doc["kind"] == kind]
+def resource(kind, name=None):
+    [found] = [doc for path in MANIFESTS for doc in resources(path)
+               if doc["kind"] == kind and name in (None, doc["metadata"]["name"])]
     return found
 
 
 def pod_spec(kind):
     spec = resource(kind)["spec"]
     return (spec["jobTemplate"]["spec"] if kind == "CronJob" else spec)["template"]["spec"]
+
+
+def containers(kind):
+    pod = pod_spec(kind)
+    return pod.get("initContainers", []) + pod["containers"]
 
 
 def dockerfile():
@@ -70,7 +88,8 @@ def instructions(name):
 
 def test_the_expected_manifests_are_there():
     assert [path.name for path in MANIFESTS] == [
-        "configmap.yaml", "cronjob.yaml", "migrate-job.yaml", "secret.example.yaml"]
+        "configmap.yaml", "cronjob.yaml", "migrate-job.yaml", "secret.example.yaml",
+        "web-configmap.yaml", "web-deployment.yaml", "web-service.yaml"]
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -107,49 +126,107 @@ def test_cronjob_runs_the_documented_command_every_30_minutes_one_at_a_time():
     assert pod_spec("CronJob")["restartPolicy"] == "Never"
 
 
-@pytest.mark.parametrize("kind", ["CronJob", "Job"])
-def test_pods_take_settings_from_the_configmap_and_secret_and_run_as_the_image_user(kind):
+@pytest.mark.parametrize(("kind", "config_maps"), [
+    ("CronJob", [JOB_CONFIG]), ("Job", [JOB_CONFIG]), ("Deployment", [JOB_CONFIG, WEB_CONFIG])])
+def test_pods_take_settings_from_the_configmaps_and_secret_and_run_as_the_image_user(kind, config_maps):
     pod = pod_spec(kind)
-    [container] = pod["containers"]
-    assert container["envFrom"] == [{"configMapRef": {"name": resource("ConfigMap")["metadata"]["name"]}}]
     secret = resource("Secret")
-    for variable in container["env"]:
-        ref = variable["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": secret["metadata"]["name"], "key": variable["name"]}
-        assert variable["name"] in secret["stringData"]
-    assert {variable["name"] for variable in container["env"]} == {"DATABASE_URL", "SECRET_KEY"}
     [user] = instructions("USER")[-1:]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == int(user) != 0
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}} in pod["volumes"]
     # the one writable place, which holds the image's CLEANUP_LOG_FILE (the log folder check stays quiet)
     log_folder = str(Path(dockerfile().envs["CLEANUP_LOG_FILE"]).parent)
-    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": log_folder}]
-    assert {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}} in pod["volumes"]
-    assert container["image"] == pod_spec("CronJob")["containers"][0]["image"]
+    for container in containers(kind):
+        assert container["envFrom"] == [{"configMapRef": {"name": resource("ConfigMap", name)["metadata"]["name"]}}
+                                        for name in config_maps]
+        for variable in container["env"]:
+            ref = variable["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": secret["metadata"]["name"], "key": variable["name"]}
+            assert variable["name"] in secret["stringData"]
+        assert {variable["name"] for variable in container["env"]} == {"DATABASE_URL", "SECRET_KEY"}
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["volumeMounts"] == [{"name": "tmp", "mountPath": log_folder}]
+        assert container["image"] == pod_spec("CronJob")["containers"][0]["image"]
+        assert set(container["resources"]) == {"requests", "limits"}
 
 
-def test_migrate_job_adopts_existing_tables():
-    [container] = pod_spec("Job")["containers"]
-    assert container["command"] == MIGRATE_COMMAND
+def test_migrate_job_adopts_existing_tables_then_sets_up_the_roles():
+    [migrate] = pod_spec("Job")["initContainers"]
+    [roles] = pod_spec("Job")["containers"]
+    assert (migrate["command"], roles["command"]) == (MIGRATE_COMMAND, ROLES_COMMAND)
 
 
-def test_configmap_holds_every_job_setting_and_only_settings_the_project_reads():
-    data = resource("ConfigMap")["data"]
-    settings_source = (ROOT / "butter_admin" / "settings.py").read_text()
-    for key in data:
-        assert re.search(rf'env\.\w+\("{key}"', settings_source), f"{key} is not read by settings.py"
+def setting_names():
+    """Every variable the settings or the gunicorn configuration read."""
+    sources = [(ROOT / "butter_admin" / name).read_text() for name in ("settings.py", "gunicorn.py")]
+    return {name for source in sources
+            for name in re.findall(r'(?:env\.\w+|_parsed|os\.environ\.get)\("(\w+)"', source)}
+
+
+@pytest.mark.parametrize("name", [JOB_CONFIG, WEB_CONFIG])
+def test_configmaps_hold_only_settings_the_project_reads(name):
+    unread = set(resource("ConfigMap", name)["data"]) - setting_names()
+    assert unread == set(), f"not read by settings.py or gunicorn.py: {unread}"
+
+
+def test_configmap_holds_every_job_setting():
     # the schedule is the CronJob's own; the log file is the crontab's (the image sets it)
-    assert {name for name, *_ in JOB_SETTINGS} - {"CLEANUP_SCHEDULE"} <= set(data)
+    assert {name for name, *_ in JOB_SETTINGS} - {"CLEANUP_SCHEDULE"} <= set(resource("ConfigMap", JOB_CONFIG)["data"])
 
 
-def test_configmap_and_secret_pass_the_system_checks(tmp_path):
-    env = {**resource("ConfigMap")["data"], **resource("Secret")["stringData"], **dockerfile().envs,
-           "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+def check(*args, kind):
+    [container] = pod_spec(kind)["containers"]
+    env = {**pod_env(container, resource("Secret")["stringData"]["DATABASE_URL"])}
+    return subprocess.run([sys.executable, "manage.py", "check", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_configmap_and_secret_pass_the_system_checks():
+    result = check(kind="CronJob")
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.strip() == "System check identified no issues (0 silenced)."
+
+
+def test_the_web_pods_settings_pass_the_deployment_checks():
+    result = check("--deploy", kind="Deployment")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.strip() == "System check identified no issues (0 silenced)."
+
+
+def test_the_web_configmap_is_the_readmes_production_environment():
+    readme = readme_production_env()
+    web = resource("ConfigMap", WEB_CONFIG)["data"]
+    assert {key: readme.get(key) for key in web} == web
+    # what the README has besides: the Secret's keys, and DEBUG (off by default) written out
+    assert set(readme) - set(web) == {"DATABASE_URL", "SECRET_KEY", "DEBUG"}
+    assert set(resource("Secret")["stringData"]) == {"DATABASE_URL", "SECRET_KEY"}
+
+
+def test_the_web_deployment_probes_and_service():
+    deployment = resource("Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == WEB_COMMAND
+    [port] = container["ports"]
+    # the port gunicorn listens on in the image
+    assert f":{port['containerPort']}" == ":" + dockerfile().envs["WEB_BIND"].rsplit(":", 1)[1]
+    assert str(port["containerPort"]) in instructions("EXPOSE")
+    ready, live = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
+    assert (ready["path"], live["path"]) == (reverse("health-ready"), reverse("health-live"))
+    hosts = resource("ConfigMap", WEB_CONFIG)["data"]["ALLOWED_HOSTS"].split(",")
+    for probe in (ready, live):
+        assert probe["port"] == port["name"]
+        [host] = [h["value"] for h in probe["httpHeaders"] if h["name"] == "Host"]
+        assert host in hosts  # without it Django answers 400 (DisallowedHost) and the probe fails
+    # an unreachable database fails the connection attempt before the probe gives up
+    connect_timeout = int(resource("ConfigMap", JOB_CONFIG)["data"]["DATABASE_CONNECT_TIMEOUT"])
+    assert container["readinessProbe"]["timeoutSeconds"] > connect_timeout
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    service = resource("Service")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    [service_port] = service["spec"]["ports"]
+    assert service_port["targetPort"] == port["name"]
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------
@@ -246,12 +323,33 @@ def build_context_copy(target: Path) -> Path:
     return app
 
 
-def run_in_image(app: Path, command, database_url):
-    """The container's process: the image's ENV, the ConfigMap, the Secret (with the test database);
-    `python` is this virtualenv's, standing in for the image's `pip install -r requirements.txt`."""
-    env = {**dockerfile().envs, **resource("ConfigMap")["data"], **resource("Secret")["stringData"],
-           "DATABASE_URL": database_url, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": "/nonexistent"}
+def pod_env(container, database_url):
+    """What the container's process sees: the image's ENV, then the ConfigMaps the container names (in
+    order), then the Secret keys it names, with the test database. `python` and `gunicorn` are this
+    virtualenv's, standing in for the image's `pip install -r requirements.txt`."""
+    env = dict(dockerfile().envs)
+    for source in container["envFrom"]:
+        env.update(resource("ConfigMap", source["configMapRef"]["name"])["data"])
+    secret = resource("Secret")["stringData"]
+    env.update({variable["name"]: secret[variable["valueFrom"]["secretKeyRef"]["key"]] for variable in container["env"]})
+    return {**env, "DATABASE_URL": database_url, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+            "HOME": "/nonexistent"}
+
+
+def run_in_image(app: Path, command, database_url, kind="CronJob"):
+    """The container's process (the pod of `kind`), run from the image's files."""
+    env = pod_env(pod_spec(kind)["containers"][0], database_url)
     return subprocess.run(command, cwd=app, env=env, capture_output=True, text=True, timeout=120)
+
+
+def build_image(target: Path) -> Path:
+    """The COPYs, then the RUN that collects the static files, as `docker build` runs it (`sh -c`)."""
+    app = build_context_copy(target)
+    [collect] = [command for command in instructions("RUN") if "collectstatic" in command]
+    env = {**dockerfile().envs, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": "/nonexistent"}
+    result = subprocess.run(["sh", "-c", collect], cwd=app, env=env, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    return app
 
 
 @pytest.mark.postgres
@@ -279,11 +377,162 @@ def test_the_image_files_run_the_migrate_job_on_a_backend_database(tmp_path):
     with scratch_database() as url:
         with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
             conn.execute((ROOT / "tests" / "backend_schema.sql").read_text())
-        result = run_in_image(app, MIGRATE_COMMAND, url)
+        result = run_in_image(app, MIGRATE_COMMAND, url, kind="Job")
         assert result.returncode == 0, result.stderr
         assert "generation.0001_initial... FAKED" in result.stdout
-        again = run_in_image(app, MIGRATE_COMMAND, url)  # after an upgrade with nothing new: a no-op
+        roles = run_in_image(app, ROLES_COMMAND, url, kind="Job")
+        assert roles.returncode == 0, roles.stderr
+        assert roles.stdout.splitlines() == ["group viewer: created with 4 permissions",
+                                             "group repairer: created with 6 permissions"]
+        # after an upgrade with nothing new: a no-op
+        again = run_in_image(app, MIGRATE_COMMAND, url, kind="Job")
         assert again.returncode == 0 and "No migrations to apply." in again.stdout
+        roles = run_in_image(app, ROLES_COMMAND, url, kind="Job")
+        assert roles.returncode == 0 and roles.stdout.splitlines() == [
+            "group viewer: up to date (4 permissions)", "group repairer: up to date (6 permissions)"]
+
+
+# --- The web process: gunicorn from the image's files, as the Deployment runs it -------------------------
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Web:
+    """Plain HTTP to a server on 127.0.0.1; headers as the ingress or the kubelet would send them."""
+
+    def __init__(self, port):
+        self.port = port
+
+    def request(self, method, path, headers=None, body=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            conn.close()
+
+    def probe(self, name):
+        """A probe of the Deployment, as the kubelet sends it: straight to the pod, plain HTTP."""
+        [container] = pod_spec("Deployment")["containers"]
+        get = container[name]["httpGet"]
+        status, _, body = self.request("GET", get["path"], {h["name"]: h["value"] for h in get["httpHeaders"]})
+        return status, body.decode()
+
+
+@contextmanager
+def gunicorn(app, database_url):
+    """The Deployment's container from the image's files, with its pod's environment, on a free loopback
+    port with one worker; stopped (SIGTERM, as Kubernetes does) at the end."""
+    [container] = pod_spec("Deployment")["containers"]
+    port = free_port()
+    env = {**pod_env(container, database_url), "WEB_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1"}
+    process = subprocess.Popen(container["command"], cwd=app, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    web = Web(port)
+    try:
+        deadline, answer = time.monotonic() + 60, "nothing"
+        while answer != (200, "ok\n"):
+            assert process.poll() is None, f"gunicorn exited {process.returncode}: {process.stdout.read()}"
+            assert time.monotonic() < deadline, f"the liveness probe got {answer} for 60 s"
+            time.sleep(0.2)
+            try:
+                answer = web.probe("livenessProbe")
+            except OSError as exc:
+                answer = repr(exc)
+        yield web
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
+HOST = resource("ConfigMap", WEB_CONFIG)["data"]["ALLOWED_HOSTS"].split(",")[0]
+ORIGIN = f"https://{HOST}"
+
+
+def through_the_ingress(client="203.0.113.50", **headers):
+    """What the ingress adds: the host, HTTPS (it ended TLS), the client's address appended to X-Forwarded-For
+    (whatever the client sent itself stays to its left)."""
+    return {"Host": HOST, "X-Forwarded-Proto": "https", "X-Forwarded-For": f"198.51.100.66, {client}", **headers}
+
+
+def cookies(headers):
+    jar = SimpleCookie()
+    for line in headers.get_all("Set-Cookie") or []:
+        jar.load(line)
+    return jar
+
+
+def log_in(web, username, password, client="203.0.113.50"):
+    """The admin's login form through the ingress: GET it (CSRF cookie and token), POST it back."""
+    status, headers, body = web.request("GET", "/admin/login/?next=/admin/", through_the_ingress(client))
+    assert status == 200
+    csrf = cookies(headers)["csrftoken"]
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', body.decode()).group(1)
+    form = urlencode({"csrfmiddlewaretoken": token, "username": username, "password": password, "next": "/admin/"})
+    return web.request("POST", "/admin/login/?next=/admin/", through_the_ingress(
+        client, Cookie=f"csrftoken={csrf.value}", Origin=ORIGIN, Referer=f"{ORIGIN}/admin/login/",
+        **{"Content-Type": "application/x-www-form-urlencoded"}), form)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_image_serves_the_admin_with_gunicorn(tmp_path, django_user_model):
+    app = build_image(tmp_path / "image")
+    manifest = json.loads((app / "staticfiles" / "staticfiles.json").read_text())["paths"]
+    django_user_model.objects.create_user("alice", password="the-right-password-42", is_staff=True)
+    with gunicorn(app, postgres_url(connection.settings_dict["NAME"])) as web:
+        assert web.probe("readinessProbe") == (200, "ok\n")
+        assert web.probe("livenessProbe") == (200, "ok\n")
+
+        status, headers, body = web.request("GET", "/admin/login/", through_the_ingress())
+        assert status == 200
+        assert headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains; preload"
+        stylesheets = re.findall(r'<link rel="stylesheet" href="([^"]+)"', body.decode())
+        [base] = [href for href in stylesheets if href.startswith("/static/admin/css/base.")]
+        assert base == f"/static/{manifest['admin/css/base.css']}"  # the content-hashed name
+        status, headers, css = web.request("GET", base, through_the_ingress(**{"Accept-Encoding": "gzip"}))
+        assert (status, headers["Content-Type"], headers["Content-Encoding"]) == (200, 'text/css; charset="utf-8"', "gzip")
+        assert headers["Cache-Control"] == "max-age=315360000, public, immutable"
+        assert gzip.decompress(css) == (app / "staticfiles" / base.removeprefix("/static/")).read_bytes()
+
+        # DEBUG is off: an unknown page is a plain 404, never Django's technical page
+        status, _, body = web.request("GET", "/no-such-page/", through_the_ingress())
+        assert status == 404 and b"URLconf" not in body
+
+        # plain HTTP through the ingress goes to HTTPS
+        status, headers, _ = web.request("GET", "/admin/login/", {"Host": HOST})
+        assert (status, headers["Location"]) == (301, f"{ORIGIN}/admin/login/")
+
+        # a login: CSRF (origin, referer) and cookies as the production settings want them
+        status, headers, _ = log_in(web, "alice", "the-right-password-42")
+        assert (status, headers["Location"]) == (302, "/admin/")
+        session = cookies(headers)["sessionid"]
+        assert session["secure"] and session["httponly"] and int(session["max-age"]) == 8 * 3600
+        status, _, body = web.request("GET", "/admin/", through_the_ingress(Cookie=f"sessionid={session.value}"))
+        assert status == 200 and "Generation cleanup job" in body.decode()
+
+        # five failures from one client address lock it out, whatever the client puts in X-Forwarded-For
+        assert [log_in(web, "alice", "wrong", client="203.0.113.60")[0] for _ in range(5)] == [200] * 4 + [429]
+        status, _, body = log_in(web, "alice", "the-right-password-42", client="203.0.113.60")
+        assert status == 429 and "Login locked: too many failed attempts." in body.decode()
+        assert log_in(web, "alice", "the-right-password-42", client="203.0.113.61")[0] == 302
+
+    # the database down: not ready (no traffic), but alive (no restart)
+    closed = postgres_url(connection.settings_dict["NAME"]).replace(
+        f":{connection.settings_dict.get('PORT') or 5432}/", f":{free_port()}/")
+    with gunicorn(app, closed) as web:
+        assert web.probe("readinessProbe") == (503, "database unavailable\n")
+        assert web.probe("livenessProbe") == (200, "ok\n")
 
 
 # --- docs/operations.md: every command shown is run ----------------------------------------------
@@ -313,6 +562,11 @@ RUN_BY = {
     "kubectl logs job/butter-admin-cleanup-now": NO_CLUSTER,
     "kubectl get cronjob butter-admin-cleanup": NO_CLUSTER,
     "kubectl get jobs -l app.kubernetes.io/component=cleanup": NO_CLUSTER,
+    "kubectl apply -f deploy/kubernetes/web-configmap.yaml": NO_CLUSTER,
+    "kubectl apply -f deploy/kubernetes/web-deployment.yaml": NO_CLUSTER,
+    "kubectl apply -f deploy/kubernetes/web-service.yaml": NO_CLUSTER,
+    "kubectl rollout status deployment/butter-admin-web --timeout=5m": NO_CLUSTER,
+    "kubectl exec -it deploy/butter-admin-web -- python manage.py setup_roles --user alice --role repairer": NO_CLUSTER,
 }
 
 

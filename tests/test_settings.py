@@ -1,8 +1,12 @@
 """Settings as a real process sees them: environment, .env file, errors at start-up."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from .helpers import manage
+from .helpers import ROOT, manage, readme_production_env
 
 PRINT_JOB = "from generation.conf import job_settings; j = job_settings(); print(j.stuck_after, j.lock_ttl, j.batch_size)"
 
@@ -75,3 +79,58 @@ def test_quoted_values_and_blanks_before_comments_are_tidied(tmp_path):
         env={"ENV_FILE": str(env_file)},
     )
     assert result.stdout.strip().splitlines()[-1] == "'*/15 * * * *' 'json'"
+
+
+# --- The admin in production -----------------------------------------------------------------------------
+
+
+def check_deploy(env, tmp_path):
+    """`manage.py check --deploy` with exactly `env` (and PATH); ENV_FILE names a file that does not exist
+    so that a developer's own .env cannot add anything."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**env, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "ENV_FILE": str(tmp_path / "none.env")},
+    )
+
+
+def test_the_readmes_production_environment_passes_check_deploy(tmp_path):
+    env = readme_production_env()
+    assert env["DEBUG"] == "false" and env["SECURE_HSTS_INCLUDE_SUBDOMAINS"] == "true"
+    result = check_deploy(env, tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "System check identified no issues (0 silenced).\n"
+
+
+def test_without_the_hsts_extras_check_deploy_warns_and_silencing_them_is_explicit(tmp_path):
+    env = {**readme_production_env(), "SECURE_HSTS_INCLUDE_SUBDOMAINS": "false", "SECURE_HSTS_PRELOAD": "false"}
+    warned = check_deploy(env, tmp_path)
+    assert "(security.W005)" in warned.stderr and "(security.W021)" in warned.stderr
+    silenced = check_deploy({**env, "SILENCED_SYSTEM_CHECKS": "security.W005,security.W021"}, tmp_path)
+    assert (silenced.returncode, silenced.stderr) == (0, "")
+    assert silenced.stdout == "System check identified no issues (2 silenced).\n"
+
+
+def test_the_admin_settings_defaults(tmp_path):
+    printed = manage("shell", "-c", "from django.conf import settings as s; print(s.SESSION_COOKIE_AGE, "
+                     "s.SESSION_SAVE_EVERY_REQUEST, s.AXES_FAILURE_LIMIT, s.AXES_COOLOFF_TIME, s.CLIENT_IP_HEADER or '-', "
+                     "s.CLIENT_IP_PROXY_COUNT, s.SECURE_HSTS_INCLUDE_SUBDOMAINS)",
+                     env={"ENV_FILE": str(tmp_path / "none.env")})
+    assert printed.stdout.strip().splitlines()[-1] == "28800 True 5 0:15:00 - 1 False"
+    changed = manage("shell", "-c", "from django.conf import settings as s; print(s.SESSION_COOKIE_AGE, "
+                     "s.AXES_FAILURE_LIMIT, s.AXES_COOLOFF_TIME)",
+                     env={"ENV_FILE": str(tmp_path / "none.env"), "SESSION_IDLE_TIMEOUT": "30m",
+                          "LOGIN_FAILURE_LIMIT": "3", "LOGIN_COOLOFF": "1h"})
+    assert changed.stdout.strip().splitlines()[-1] == "1800 3 1:00:00"
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("LOGIN_FAILURE_LIMIT", "0", "must be a positive whole number"),
+    ("LOGIN_FAILURE_LIMIT", "five", "is not a whole number"),
+    ("LOGIN_COOLOFF", "soon", "is not a duration (use e.g. 90m, 3h, 1h30m, 45s or plain seconds)"),
+    ("SESSION_IDLE_TIMEOUT", "-5m", "must be a positive duration"),
+    ("CLIENT_IP_PROXY_COUNT", "", "is not a whole number"),
+])
+def test_a_bad_admin_setting_is_one_line(name, value, message):
+    result = manage("check", env={name: value})
+    assert result.returncode == 1
+    assert result.stderr == f"Configuration error: {name}={value!r} {message}\n"
