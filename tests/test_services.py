@@ -12,8 +12,8 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 
 from generation import results, services
-from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
 from generation.demo import seed_demo_data
+from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
 from generation.rules import COUNTER_FIELDS, REPAIRS, Counters
 
 from .factories import INSIDE, OUTSIDE, WINDOW, counters_of, job, make_batch, make_lock, snapshot_of
