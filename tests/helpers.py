@@ -1,4 +1,4 @@
-"""Shared test helpers: running manage.py as a real process, scratch PostgreSQL databases."""
+"""Shared test helpers: running manage.py as a real process, scratch PostgreSQL databases, a user's environment."""
 
 import os
 import subprocess
@@ -75,3 +75,13 @@ class Thread(threading.Thread):
         if self.error:
             raise self.error
         return self.result
+
+
+# What the suite sets in its own environment (tests/environment.py, pytest-django, the `make test` around
+# it), and DATABASE_URL: a process started as a user would start it gets none of them.
+SUITE_VARIABLES = ("SECRET_KEY", "ENV_FILE", "DJANGO_SETTINGS_MODULE", "DATABASE_URL", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+
+
+def user_environment(**extra):
+    """os.environ as a user's shell has it, without the suite's own settings; plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if k not in SUITE_VARIABLES}, **extra}
