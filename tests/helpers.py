@@ -1,6 +1,7 @@
 """Shared test helpers: running manage.py as a real process, scratch PostgreSQL databases, a user's environment."""
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -85,3 +86,12 @@ SUITE_VARIABLES = ("SECRET_KEY", "ENV_FILE", "DJANGO_SETTINGS_MODULE", "DATABASE
 def user_environment(**extra):
     """os.environ as a user's shell has it, without the suite's own settings; plus `extra`."""
     return {**{k: v for k, v in os.environ.items() if k not in SUITE_VARIABLES}, **extra}
+
+
+def checkout_copy(target):
+    """The project as a fresh clone has it (no .env, no database, no caches), sharing this checkout's .venv."""
+    shutil.copytree(ROOT, target, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", ".*_cache", ".hypothesis", "artifacts", "logs", "staticfiles", "*.sqlite3*",
+        ".env", "docs", "benchmarks"))
+    (target / ".venv").symlink_to(ROOT / ".venv")
+    return target

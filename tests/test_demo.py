@@ -22,7 +22,7 @@ from generation.rules import Counters, diagnose
 from generation.services import database_now
 
 from .factories import WINDOW, make_batch, make_lock
-from .helpers import ROOT, manage, scratch_database, user_environment
+from .helpers import ROOT, checkout_copy, manage, scratch_database, user_environment
 
 pytestmark = pytest.mark.django_db
 
@@ -221,15 +221,6 @@ def test_clear_on_a_backend_database_exits_1_with_one_line_after_a_demo_was_seed
 DEMO_COUNT = 40
 
 
-def checkout(target):
-    """The project as a fresh clone has it (no .env, no database), sharing this checkout's .venv."""
-    shutil.copytree(ROOT, target, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "__pycache__", ".*_cache", ".hypothesis", "artifacts", "logs", "staticfiles", "*.sqlite3*",
-        ".env", "docs", "benchmarks"))
-    (target / ".venv").symlink_to(ROOT / ".venv")
-    return target
-
-
 def make_demo(project, **env):
     # -o: the shared .venv counts as installed, whatever the copied files' times say
     return subprocess.run(["make", "-o", ".venv/.installed", "demo", f"DEMO_COUNT={DEMO_COUNT}"], cwd=project,
@@ -251,7 +242,7 @@ def bare(project, *args):
 
 
 def test_make_demo_leaves_the_databases_named_by_database_url_and_by_env_alone(backend_sqlite, tmp_path):
-    project = checkout(tmp_path / "checkout")
+    project = checkout_copy(tmp_path / "checkout")
     named_by_env = shutil.copy2(backend_sqlite, tmp_path / "named-by-env.sqlite3")
     dotenv = f"DATABASE_URL={sqlite_url(named_by_env)}\nDEBUG=true\n"
     (project / ".env").write_text(dotenv)
@@ -268,7 +259,7 @@ def test_make_demo_leaves_the_databases_named_by_database_url_and_by_env_alone(b
 
 
 def test_after_make_demo_bare_commands_use_the_demo_database_and_a_second_run_starts_over(tmp_path):
-    project = checkout(tmp_path / "checkout")
+    project = checkout_copy(tmp_path / "checkout")
     first = make_demo(project)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Wrote .env: bare manage.py commands now use the demo database." in first.stdout
@@ -314,7 +305,7 @@ def postgres_digest(url):
 
 @pytest.mark.postgres
 def test_make_demo_leaves_a_postgres_database_holding_backend_rows_byte_identical(tmp_path):
-    project = checkout(tmp_path / "checkout")
+    project = checkout_copy(tmp_path / "checkout")
     with scratch_database() as url:
         with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
             conn.execute((ROOT / "tests" / "backend_schema.sql").read_text())

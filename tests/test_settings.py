@@ -1,8 +1,10 @@
 """Settings as a real process sees them: environment, .env file, errors at start-up."""
 
+import subprocess
+
 import pytest
 
-from .helpers import manage
+from .helpers import checkout_copy, manage, user_environment
 
 PRINT_JOB = "from generation.conf import job_settings; j = job_settings(); print(j.stuck_after, j.lock_ttl, j.batch_size)"
 
@@ -75,3 +77,34 @@ def test_quoted_values_and_blanks_before_comments_are_tidied(tmp_path):
         env={"ENV_FILE": str(env_file)},
     )
     assert result.stdout.strip().splitlines()[-1] == "'*/15 * * * *' 'json'"
+
+
+# --- The test suite's own settings (tests/environment.py) ------------------------------------------
+
+# What a checkout may hold: the settings of a real deployment, which the tests must not read or use.
+PRODUCTION_DOTENV = "DEBUG=false\nDATABASE_URL=postgres://butter:pw@127.0.0.1:1/butter\nALLOWED_HOSTS=admin.example.com\n"
+
+
+@pytest.fixture(scope="module")
+def production_checkout(tmp_path_factory):
+    project = checkout_copy(tmp_path_factory.mktemp("production") / "checkout")
+    (project / ".env").write_text(PRODUCTION_DOTENV)
+    return project
+
+
+def test_a_bare_pytest_gets_its_settings_by_itself_and_reads_no_env_file(production_checkout):
+    """No SECRET_KEY in the environment, and a .env with DEBUG off and none either: settings.py would stop."""
+    result = subprocess.run([".venv/bin/pytest", "-q", "-p", "no:cacheprovider", "tests/test_rules.py"],
+                            cwd=production_checkout, env=user_environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed in " in result.stdout.splitlines()[-1]
+
+
+def test_production_without_a_secret_key_still_refuses_to_start(production_checkout):
+    """The tests' SECRET_KEY is the suite's alone: a real process without one stops with one line."""
+    result = subprocess.run([".venv/bin/python", "manage.py", "check"], cwd=production_checkout,
+                            env=user_environment(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "Configuration error: SECRET_KEY is not set: set it in the environment or .env (required when DEBUG is false)"
+    )
