@@ -54,6 +54,12 @@ def scratch_database():
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def create_backend_tables(url):
+    """The backend's two tables as its Go ORM creates them (tests/backend_schema.sql), in the database at url."""
+    with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute((ROOT / "tests" / "backend_schema.sql").read_text())
+
+
 class Thread(threading.Thread):
     """Runs fn in a thread with its own Django connection (a real second session to the test
     database); join_result() re-raises what fn raised."""

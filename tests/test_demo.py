@@ -22,7 +22,7 @@ from generation.rules import Counters, diagnose
 from generation.services import database_now
 
 from .factories import WINDOW, make_batch, make_lock
-from .helpers import ROOT, checkout_copy, manage, scratch_database, user_environment
+from .helpers import checkout_copy, create_backend_tables, manage, scratch_database, user_environment
 
 pytestmark = pytest.mark.django_db
 
@@ -307,8 +307,8 @@ def postgres_digest(url):
 def test_make_demo_leaves_a_postgres_database_holding_backend_rows_byte_identical(tmp_path):
     project = checkout_copy(tmp_path / "checkout")
     with scratch_database() as url:
+        create_backend_tables(url)
         with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-            conn.execute((ROOT / "tests" / "backend_schema.sql").read_text())
             fill_backend_tables(conn.execute)
         adopted = manage("migrate", "--fake-initial", env={"DATABASE_URL": url})  # as the README's "Attaching" does
         assert adopted.returncode == 0, adopted.stderr
