@@ -13,6 +13,7 @@ DEMO_ENV := ENV_FILE=/dev/null DATABASE_URL=sqlite:///$(DEMO_DATABASE) DEBUG=tru
 # `make check` needs a SECRET_KEY; this one is for checks only. (pytest sets its own: tests/environment.py.)
 TEST_ENV := SECRET_KEY=$${SECRET_KEY:-tests-only-not-a-secret}
 DEMO_COUNT ?= 200
+DEMO_PORT ?= 8000
 PYTEST_ARGS ?=
 # The demo's superuser: these defaults are for a local demo only, never for a reachable server.
 DEMO_ADMIN_USERNAME ?= admin
@@ -78,7 +79,7 @@ demo: $(VENV)/.installed
 	$(DEMO_ENV) $(MANAGE) cleanup_stuck_generation --dry-run || [ $$? -eq 1 ]
 	@echo "--- the real run (exit 1 is expected: the demo data has corrupt batches) ---"
 	$(DEMO_ENV) $(MANAGE) cleanup_stuck_generation || [ $$? -eq 1 ]
-	@echo "--- the admin: make serve, then open http://127.0.0.1:8000/admin/ as $(DEMO_ADMIN_USERNAME) ---"
+	@echo "--- the admin: make serve, then open http://127.0.0.1:$(DEMO_PORT)/admin/ as $(DEMO_ADMIN_USERNAME) ---"
 
 # pytest finds its settings by itself (tests/environment.py): a bare .venv/bin/pytest works as well.
 test: $(VENV)/.installed-dev
@@ -99,7 +100,7 @@ check: $(VENV)/.installed-dev
 serve: $(VENV)/.installed
 	@[ -f $(DEMO_DATABASE) ] || { echo "$@: no demo database at $(DEMO_DATABASE): run make demo first" >&2; exit 1; }
 	@echo "The demo database: $(DEMO_DATABASE) (make serve uses no other, whatever DATABASE_URL or .env say)"
-	$(DEMO_ENV) $(MANAGE) runserver 127.0.0.1:8000
+	$(DEMO_ENV) $(MANAGE) runserver 127.0.0.1:$(DEMO_PORT)
 
 clean:
 	rm -rf $(VENV) db.sqlite3 $(DEMO_DATABASE) logs artifacts .pytest_cache .ruff_cache .hypothesis
