@@ -241,6 +241,7 @@ def bare(project, *args):
                           env=user_environment(), capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.timeout(300)  # make demo / pytest in a process of their own: tens of seconds on a loaded machine
 def test_make_demo_leaves_the_databases_named_by_database_url_and_by_env_alone(backend_sqlite, tmp_path):
     project = checkout_copy(tmp_path / "checkout")
     named_by_env = shutil.copy2(backend_sqlite, tmp_path / "named-by-env.sqlite3")
@@ -258,6 +259,7 @@ def test_make_demo_leaves_the_databases_named_by_database_url_and_by_env_alone(b
     demo_database_holds_the_demo(project)
 
 
+@pytest.mark.timeout(300)  # make demo / pytest in a process of their own: tens of seconds on a loaded machine
 def test_after_make_demo_bare_commands_use_the_demo_database_and_a_second_run_starts_over(tmp_path):
     project = checkout_copy(tmp_path / "checkout")
     first = make_demo(project)
@@ -304,6 +306,7 @@ def postgres_digest(url):
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(300)  # make demo / pytest in a process of their own: tens of seconds on a loaded machine
 def test_make_demo_leaves_a_postgres_database_holding_backend_rows_byte_identical(tmp_path):
     project = checkout_copy(tmp_path / "checkout")
     with scratch_database() as url:

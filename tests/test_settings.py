@@ -92,6 +92,7 @@ def production_checkout(tmp_path_factory):
     return project
 
 
+@pytest.mark.timeout(300)  # make demo / pytest in a process of their own: tens of seconds on a loaded machine
 def test_a_bare_pytest_gets_its_settings_by_itself_and_reads_no_env_file(production_checkout):
     """No SECRET_KEY in the environment, and a .env with DEBUG off and none either: settings.py would stop."""
     result = subprocess.run([".venv/bin/pytest", "-q", "-p", "no:cacheprovider", "tests/test_rules.py"],
