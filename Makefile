@@ -1,15 +1,19 @@
-# Quickstart: `make demo` (a seeded SQLite database, cleaned by the job) and `make test`.
+# Quickstart: `make demo` (a seeded SQLite database of its own, cleaned by the job) and `make test`.
 # Only Python 3.11 and make are needed; everything else goes into .venv.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 MANAGE := $(BIN)/python manage.py
-# The demo is local development: DEBUG on (never in production); the event log quiet (the report says it all).
-DEMO_ENV := DEBUG=true LOG_LEVEL=$${LOG_LEVEL:-WARNING}
-# The tests need a SECRET_KEY; this one is for tests only.
+# The demo's own database. `make demo` and `make serve` use this file whatever DATABASE_URL or .env say
+# (they read no .env: ENV_FILE=/dev/null), so they never touch a database they did not make; DEBUG on
+# (never in production); the event log quiet (the report says it all).
+DEMO_DATABASE := $(CURDIR)/demo.sqlite3
+DEMO_ENV := ENV_FILE=/dev/null DATABASE_URL=sqlite:///$(DEMO_DATABASE) DEBUG=true LOG_LEVEL=$${LOG_LEVEL:-WARNING}
+# `make check` needs a SECRET_KEY; this one is for checks only. (pytest sets its own: tests/environment.py.)
 TEST_ENV := SECRET_KEY=$${SECRET_KEY:-tests-only-not-a-secret}
 DEMO_COUNT ?= 200
+DEMO_PORT ?= 8000
 PYTEST_ARGS ?=
 # The demo's superuser: these defaults are for a local demo only, never for a reachable server.
 DEMO_ADMIN_USERNAME ?= admin
@@ -30,7 +34,28 @@ else:
 endef
 export DEMO_SUPERUSER_PY
 
-.PHONY: demo test lint check serve clean
+# Written by `make demo` when there is no .env (an existing one is never overwritten), so that bare
+# `manage.py` commands use the demo database too: a SECRET_KEY made for this checkout, DEBUG left off.
+DEMO_DOTENV_MARK := \# Written by make demo: bare manage.py commands use the demo database.
+DEMO_DOTENV_URL := DATABASE_URL=sqlite:///$(DEMO_DATABASE)
+define DEMO_DOTENV_SH
+if [ -e .env ] && grep -qxF '$(DEMO_DOTENV_URL)' .env; then
+    echo ".env (from an earlier make demo) points bare manage.py commands at the demo database."
+elif [ -e .env ]; then
+    echo "Left your .env as it is: bare manage.py commands use what it says, not the demo database."
+else
+    key=$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))') || exit 1
+    printf '%s\n' '$(DEMO_DOTENV_MARK) Local use only:' \
+        '# replace this file with your own settings (see .env.example) before using a real database.' \
+        '$(DEMO_DOTENV_URL)' "SECRET_KEY=$$key" > .env
+    echo "Wrote .env: bare manage.py commands now use the demo database."
+fi
+[ -z "$${DATABASE_URL:-}" ] || echo "Note: DATABASE_URL is set in your environment; it wins over .env, so bare manage.py commands use it, not the demo database."
+[ -z "$${ENV_FILE:-}" ] || echo "Note: ENV_FILE is set in your environment; bare manage.py commands read that file instead of .env."
+endef
+export DEMO_DOTENV_SH
+
+.PHONY: demo test lint check serve screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,17 +70,25 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
+	@echo "The demo database: $(DEMO_DATABASE) (make demo and make serve use no other, whatever DATABASE_URL or .env say)"
 	$(DEMO_ENV) $(MANAGE) migrate --verbosity 0
-	@$(DEMO_ENV) $(MANAGE) shell --no-imports --command "$$DEMO_SUPERUSER_PY"
 	$(DEMO_ENV) $(MANAGE) seed_demo_generation --clear --seed 42 --count $(DEMO_COUNT)
+	@$(DEMO_ENV) $(MANAGE) shell --no-imports --command "$$DEMO_SUPERUSER_PY"
+	@sh -c "$$DEMO_DOTENV_SH"
 	@echo "--- dry run: what the cleanup would do ---"
 	$(DEMO_ENV) $(MANAGE) cleanup_stuck_generation --dry-run || [ $$? -eq 1 ]
 	@echo "--- the real run (exit 1 is expected: the demo data has corrupt batches) ---"
 	$(DEMO_ENV) $(MANAGE) cleanup_stuck_generation || [ $$? -eq 1 ]
-	@echo "--- the admin: make serve, then open http://127.0.0.1:8000/admin/ as $(DEMO_ADMIN_USERNAME) ---"
+	@echo "--- the admin: make serve, then open http://127.0.0.1:$(DEMO_PORT)/admin/ as $(DEMO_ADMIN_USERNAME) ---"
 
+# pytest finds its settings by itself (tests/environment.py): a bare .venv/bin/pytest works as well.
 test: $(VENV)/.installed-dev
-	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The README's pictures: the browser test, saving into docs/screenshots/ (under `make test` it saves
+# them into artifacts/screenshots/, which git ignores, so a test run leaves the checkout clean).
+screenshots: $(VENV)/.installed-dev
+	SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest -m browser tests/test_browser.py $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
@@ -65,10 +98,12 @@ check: $(VENV)/.installed-dev
 	$(TEST_ENV) $(MANAGE) makemigrations --check --dry-run
 
 serve: $(VENV)/.installed
-	$(DEMO_ENV) $(MANAGE) runserver
+	@[ -f $(DEMO_DATABASE) ] || { echo "$@: no demo database at $(DEMO_DATABASE): run make demo first" >&2; exit 1; }
+	@echo "The demo database: $(DEMO_DATABASE) (make serve uses no other, whatever DATABASE_URL or .env say)"
+	$(DEMO_ENV) $(MANAGE) runserver 127.0.0.1:$(DEMO_PORT)
 
 clean:
-	rm -rf $(VENV) db.sqlite3 logs .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) db.sqlite3 $(DEMO_DATABASE) logs artifacts .pytest_cache .ruff_cache .hypothesis
 
 # --- The schedule (docs/operations.md, "Via cron") ------------------------------
 # django-crontab writes the crontab line; these targets add what it lacks: a loud failure when

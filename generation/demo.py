@@ -2,7 +2,9 @@
 
 Used by `seed_demo_generation` (and so by `make demo` and the tests). Rows are
 generated one at a time and inserted in chunks, so a million rows need no more
-memory than one chunk.
+memory than one chunk. Every row inserted is recorded (DemoRow: id and lock id),
+so that clearing deletes only what the demo made, and refuses a database holding
+anything else.
 """
 
 import random
@@ -11,10 +13,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from .models import ContentType, GenerationLock, GenerationStatus, Status
+from .models import ContentType, DemoRow, GenerationLock, GenerationStatus, RecordKind, Status
 from .rules import Counters, finished_status, progress_status
 
 CHUNK_SIZE = 5_000
@@ -168,28 +171,76 @@ def _chunks(iterable, size):
         yield chunk
 
 
+class NotDemoData(Exception):
+    """The mirrored tables hold rows the demo did not insert: they are not the demo's to delete."""
+
+    def __init__(self, statuses: int, locks: int):
+        super().__init__(
+            f"{statuses} generation {'status' if statuses == 1 else 'statuses'} and {locks} generation lock{'s' * (locks != 1)}"
+        )
+        self.statuses, self.locks = statuses, locks
+
+
+class CannotRecord(Exception):
+    """The demo could not record what it inserts (its table is missing, or the database returns no ids)."""
+
+
+def _seeded(kind: str):
+    """True for a row the demo inserted: a DemoRow with its id and its lock id. The lock id as well as
+    the id, so that an id used again (SQLite reuses the highest after a delete) is not taken for the demo's."""
+    return Exists(DemoRow.objects.filter(kind=kind, row_id=OuterRef("pk"), lock_id=OuterRef("lock_id")))
+
+
+def _recorded() -> bool:
+    return DemoRow._meta.db_table in connection.introspection.table_names()
+
+
 def clear_demo_data() -> tuple[int, int]:
-    """Delete every row of both mirrored tables; returns (statuses, locks) deleted."""
+    """Delete the demo's rows, when they are all the mirrored tables hold; returns (statuses, locks)
+    deleted. Raises NotDemoData, deleting nothing, when any other row is there: a database without
+    the demo's records (any real one) counts every row as not the demo's."""
+    recorded = _recorded()
     with transaction.atomic():
-        statuses, _ = GenerationStatus.objects.all().delete()
-        locks, _ = GenerationLock.objects.all().delete()
+        if recorded:
+            statuses = GenerationStatus.objects.filter(~_seeded(RecordKind.STATUS)).count()
+            locks = GenerationLock.objects.filter(~_seeded(RecordKind.LOCK)).count()
+        else:
+            statuses, locks = GenerationStatus.objects.count(), GenerationLock.objects.count()
+        if statuses or locks:
+            raise NotDemoData(statuses, locks)
+        if not recorded:
+            return 0, 0
+        # by the record, not the whole table: what is deleted is what the count above found to be the demo's
+        statuses, _ = GenerationStatus.objects.filter(_seeded(RecordKind.STATUS)).delete()
+        locks, _ = GenerationLock.objects.filter(_seeded(RecordKind.LOCK)).delete()
+        DemoRow.objects.all().delete()
     return statuses, locks
 
 
+def _record(kind: str, rows) -> None:
+    if any(row.pk is None for row in rows):  # bulk_create returns ids on PostgreSQL and SQLite 3.35+
+        raise CannotRecord("the database did not return the ids of the inserted rows (SQLite 3.35+ needed)")
+    DemoRow.objects.bulk_create([DemoRow(kind=kind, row_id=row.pk, lock_id=row.lock_id) for row in rows])
+
+
 def seed_demo_data(*, count: int, seed: int | None, lock_ttl: timedelta) -> SeedReport:
+    if not _recorded():
+        raise CannotRecord(f"table {DemoRow._meta.db_table} is missing: run `manage.py migrate` first")
     rng = random.Random(seed)
     now = timezone.now()
     report = SeedReport()
     for chunk in _chunks(_rows(rng, allocate(count), now), CHUNK_SIZE):
         with transaction.atomic():
-            GenerationStatus.objects.bulk_create([status for _, status, _ in chunk])
-            locks = [lock for _, _, lock in chunk if lock is not None]
-            GenerationLock.objects.bulk_create(locks)
+            statuses = GenerationStatus.objects.bulk_create([status for _, status, _ in chunk])
+            locks = GenerationLock.objects.bulk_create([lock for _, _, lock in chunk if lock is not None])
+            _record(RecordKind.STATUS, statuses)
+            _record(RecordKind.LOCK, locks)
         report.statuses.update(category for category, _, _ in chunk)
         for lock in locks:
             report.locks["expired" if lock.locked_at < now - lock_ttl else "fresh"] += 1
     orphans = max(1, round(count * ORPHAN_LOCK_SHARE)) if count else 0
     for chunk in _chunks(_orphan_locks(rng, orphans, now), CHUNK_SIZE):
-        GenerationLock.objects.bulk_create(chunk)
+        with transaction.atomic():
+            _record(RecordKind.LOCK, GenerationLock.objects.bulk_create(chunk))
         report.locks["expired, no batch"] += len(chunk)
     return report

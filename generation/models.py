@@ -207,3 +207,19 @@ class RepairRecord(models.Model):
 
     def __str__(self):
         return f"{self.rule} on {self.kind} #{self.target_id}"
+
+
+class DemoRow(models.Model):
+    """A mirrored row that seed_demo_generation inserted, by id and lock id. `--clear` deletes the
+    mirrored tables only when every row in them is one of these: a database holding anything else
+    (a backend's rows, or no record at all, as in any real database) is not the demo's to wipe."""
+
+    kind = models.CharField(max_length=10, choices=RecordKind.choices)
+    row_id = models.BigIntegerField()
+    lock_id = models.TextField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "row_id"], name="demo_row_kind_row_id_uniq")]
+
+    def __str__(self):
+        return f"demo {self.kind} #{self.row_id}"

@@ -1,7 +1,8 @@
-"""Shared test helpers: running manage.py as a real process, scratch PostgreSQL databases."""
+"""Shared test helpers: running manage.py as a real process, scratch PostgreSQL databases, a user's environment."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -61,6 +62,12 @@ def scratch_database():
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def create_backend_tables(url):
+    """The backend's two tables as its Go ORM creates them (tests/backend_schema.sql), in the database at url."""
+    with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute((ROOT / "tests" / "backend_schema.sql").read_text())
+
+
 class Thread(threading.Thread):
     """Runs fn in a thread with its own Django connection (a real second session to the test
     database); join_result() re-raises what fn raised."""
@@ -83,3 +90,22 @@ class Thread(threading.Thread):
         if self.error:
             raise self.error
         return self.result
+
+
+# What the suite sets in its own environment (tests/environment.py, pytest-django, the `make test` around
+# it), and DATABASE_URL: a process started as a user would start it gets none of them.
+SUITE_VARIABLES = ("SECRET_KEY", "ENV_FILE", "DJANGO_SETTINGS_MODULE", "DATABASE_URL", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+
+
+def user_environment(**extra):
+    """os.environ as a user's shell has it, without the suite's own settings; plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if k not in SUITE_VARIABLES}, **extra}
+
+
+def checkout_copy(target):
+    """The project as a fresh clone has it (no .env, no database, no caches), sharing this checkout's .venv."""
+    shutil.copytree(ROOT, target, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", ".*_cache", ".hypothesis", "artifacts", "logs", "staticfiles", "*.sqlite3*",
+        ".env", "docs", "benchmarks"))
+    (target / ".venv").symlink_to(ROOT / ".venv")
+    return target

@@ -1,6 +1,7 @@
 """End to end in a real headless Chromium: filter stuck batches, force-repair a few, read the health page.
 
-The screenshots it takes are the README's pictures (docs/screenshots/, or $SCREENSHOT_DIR).
+The screenshots it takes go to artifacts/screenshots/ (ignored by git, so a test run leaves the checkout
+clean), or to $SCREENSHOT_DIR: `make screenshots` sends them to docs/screenshots/, the README's pictures.
 Skipped without chromium/chromedriver, a failure under CI=true (tests/conftest.py).
 """
 
@@ -9,7 +10,6 @@ import random
 import shutil
 import tempfile
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.contrib.staticfiles.testing import StaticLiveServerTestCase
@@ -32,7 +32,7 @@ from .helpers import ROOT
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR") or ROOT / "docs" / "screenshots")
+SCREENSHOTS = ROOT / (os.environ.get("SCREENSHOT_DIR") or "artifacts/screenshots")  # a relative path: from ROOT
 WIDTH, MAX_HEIGHT = 1500, 2400
 WAIT_S = 20
 CHROMIUM_FLAGS = (

@@ -7,7 +7,7 @@ from django.db import connection
 
 from generation.checks import Messages, check_mirrored_tables, schema_problems
 
-from .helpers import ROOT, manage, scratch_database
+from .helpers import ROOT, create_backend_tables, manage, scratch_database
 
 
 @pytest.mark.django_db
@@ -74,8 +74,7 @@ def test_an_empty_database_gets_no_message_and_existing_tables_a_fake_initial_hi
         checked = manage("check", "--database", "default", env=env)
         assert checked.returncode == 0
         assert "generation.W" not in checked.stderr + checked.stdout
-        with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-            conn.execute((ROOT / "tests" / "backend_schema.sql").read_text())
+        create_backend_tables(url)
         checked = manage("check", "--database", "default", env=env)
         assert checked.returncode == 0
         assert "generation.W001" in checked.stderr and "migrate --fake-initial" in checked.stderr

@@ -41,7 +41,7 @@ from generation.models import CleanupRun
 
 from .conftest import IN_CI
 from .factories import make_batch
-from .helpers import ROOT, postgres_url, readme_production_env, scratch_database
+from .helpers import ROOT, create_backend_tables, postgres_url, readme_production_env, scratch_database
 
 # The oldest version with CronJob.spec.timeZone generally available, and the newest the pinned
 # kubernetes-validate (requirements-dev.txt) knows. CI runs the same check as a command (report).
@@ -375,8 +375,7 @@ def test_the_image_files_run_the_cleanup_command(tmp_path):
 def test_the_image_files_run_the_migrate_job_on_a_backend_database(tmp_path):
     app = build_context_copy(tmp_path / "image")
     with scratch_database() as url:
-        with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-            conn.execute((ROOT / "tests" / "backend_schema.sql").read_text())
+        create_backend_tables(url)
         result = run_in_image(app, MIGRATE_COMMAND, url, kind="Job")
         assert result.returncode == 0, result.stderr
         assert "generation.0001_initial... FAKED" in result.stdout

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, manage, readme_production_env
+from .helpers import ROOT, checkout_copy, manage, readme_production_env, user_environment
 
 PRINT_JOB = "from generation.conf import job_settings; j = job_settings(); print(j.stuck_after, j.lock_ttl, j.batch_size)"
 
@@ -134,3 +134,35 @@ def test_a_bad_admin_setting_is_one_line(name, value, message):
     result = manage("check", env={name: value})
     assert result.returncode == 1
     assert result.stderr == f"Configuration error: {name}={value!r} {message}\n"
+
+
+# --- The test suite's own settings (tests/environment.py) ------------------------------------------
+
+# What a checkout may hold: the settings of a real deployment, which the tests must not read or use.
+PRODUCTION_DOTENV = "DEBUG=false\nDATABASE_URL=postgres://butter:pw@127.0.0.1:1/butter\nALLOWED_HOSTS=admin.example.com\n"
+
+
+@pytest.fixture(scope="module")
+def production_checkout(tmp_path_factory):
+    project = checkout_copy(tmp_path_factory.mktemp("production") / "checkout")
+    (project / ".env").write_text(PRODUCTION_DOTENV)
+    return project
+
+
+@pytest.mark.timeout(300)  # make demo / pytest in a process of their own: tens of seconds on a loaded machine
+def test_a_bare_pytest_gets_its_settings_by_itself_and_reads_no_env_file(production_checkout):
+    """No SECRET_KEY in the environment, and a .env with DEBUG off and none either: settings.py would stop."""
+    result = subprocess.run([".venv/bin/pytest", "-q", "-p", "no:cacheprovider", "tests/test_rules.py"],
+                            cwd=production_checkout, env=user_environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed in " in result.stdout.splitlines()[-1]
+
+
+def test_production_without_a_secret_key_still_refuses_to_start(production_checkout):
+    """The tests' SECRET_KEY is the suite's alone: a real process without one stops with one line."""
+    result = subprocess.run([".venv/bin/python", "manage.py", "check"], cwd=production_checkout,
+                            env=user_environment(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "Configuration error: SECRET_KEY is not set: set it in the environment or .env (required when DEBUG is false)"
+    )
