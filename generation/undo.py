@@ -205,7 +205,7 @@ def _finish(run, report):
             finished_at=Now(), outcome=Outcome.ERRORS if refusals else Outcome.OK,
             error="\n".join(refusals[:ERRORS_CAP]), examined=len(report.outcomes))
     except DatabaseError:
-        pass  # connection lost (UndoAborted is on its way): the run row keeps an empty outcome
+        pass  # connection lost (ConnectionLost is on its way): the run row keeps an empty outcome
 
 
 # --- One unit: a record, and the lock released with its batch ------------------------------

@@ -898,7 +898,7 @@ def role_client(client, django_user_model):
 
 def test_a_viewer_sees_every_list_record_and_the_health_page_but_no_action(role_client, admin_user):
     row = batch(10, 2, 5, 6, 0, lock=True)
-    services.repair_selected(ids=[row.pk], actor=admin_user)
+    services.repair_selected(job=job(), ids=[row.pk], actor=admin_user)
     record = status_record_of(row)
     client, _ = role_client("viewer")
     pages = [STATUSES_URL, LOCKS_URL, RECORDS_URL, HEALTH_URL, reverse("admin:generation_cleanuprun_changelist"),
@@ -918,7 +918,7 @@ def test_a_viewer_sees_every_list_record_and_the_health_page_but_no_action(role_
 def test_a_viewers_crafted_posts_change_nothing(role_client, admin_user):
     stuck, stalled = batch(10, 0, 0, 6, 1), batch(10, 1, 1, 3, 2)
     undoable = batch(10, 2, 5, 6, 0)
-    services.repair_selected(ids=[undoable.pk], actor=admin_user)
+    services.repair_selected(job=job(), ids=[undoable.pk], actor=admin_user)
     record = status_record_of(undoable)
     expired = batch(10, 0, 0, 10, 0, status="completed", lock=True)
     lock = GenerationLock.objects.get(lock_id=expired.lock_id)

@@ -8,7 +8,7 @@ def mark_undo_runs(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("generation", "0004_unknown_status_index")]
+    dependencies = [("generation", "0005_demo_rows")]
 
     operations = [
         migrations.AddField(
