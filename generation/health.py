@@ -345,6 +345,22 @@ class Health:
         return format_duration(2 * self.interval) if self.interval else ""
 
 
+def expired_locks(*, now: datetime, job: JobSettings):
+    """Locks held longer than the TTL, and those of them whose batch is still moving (in progress and
+    updated within the stuck window: generations that take longer than the TTL). The health page counts
+    them; the metrics count them by content type."""
+    expired = GenerationLock.objects.filter(locked_at__lt=now - job.lock_ttl)
+    moving = GenerationStatus.objects.filter(status__in=rules.IN_PROGRESS, updated_at__gte=now - job.stuck_after)
+    return expired, expired.filter(lock_id__in=moving.values("lock_id"))
+
+
+def job_runs(runs=None):
+    """The scheduled job's own runs (cron, command): not admin actions, not dry runs, and not undo_repair,
+    which also runs with trigger "command" (told apart by its filters, here only)."""
+    runs = CleanupRun.objects.all() if runs is None else runs
+    return runs.filter(trigger__in=JOB_TRIGGERS, dry_run=False).exclude(filters__has_key="undo")
+
+
 def _ago(now, then) -> str:
     return format_duration(max(now - then, timedelta(0)))
 
@@ -361,21 +377,15 @@ def overview(*, job: JobSettings | None = None) -> Health:
     )
     report.stuck_by_rule = {rule: by_rule.get(rule.value, 0) for rule in STUCK_RULES}
 
-    expired = GenerationLock.objects.filter(locked_at__lt=now - job.lock_ttl)
+    expired, of_moving_batches = expired_locks(now=now, job=job)
     report.expired_locks = expired.count()
-    report.expired_locks_of_active_batches = (
-        expired.filter(lock_id__in=GenerationStatus.objects.filter(status__in=rules.IN_PROGRESS,
-                                                                   updated_at__gte=now - job.stuck_after)
-                       .values("lock_id")).count())
+    report.expired_locks_of_active_batches = of_moving_batches.count()
 
     runs = CleanupRun.objects.select_related("actor")
     report.last_run = runs.order_by("-started_at", "-id").first()
     # "Successful" for the schedule's sake: the job ran to the end. A run that found corrupt batches ends with
     # outcome `errors` every time until someone fixes them by hand; that is a finding, not a dead schedule.
-    # undo_repair also runs with trigger "command"; it is not the cleanup job running
-    report.last_completed = (runs.filter(trigger__in=JOB_TRIGGERS, outcome__in=(Outcome.OK, Outcome.ERRORS),
-                                         finished_at__isnull=False, dry_run=False)
-                             .exclude(filters__has_key="undo")
+    report.last_completed = (job_runs(runs).filter(outcome__in=(Outcome.OK, Outcome.ERRORS), finished_at__isnull=False)
                              .order_by("-finished_at", "-id").first())
 
     try:

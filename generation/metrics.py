@@ -1,0 +1,308 @@
+"""What Prometheus reads: the metric names, the state they come from, and the families built from it.
+
+Two sources share one set of names (README, "Monitoring"):
+
+- `/metrics` (views.metrics) reads the database at every scrape: `read_state()` runs a handful of
+  index-driven queries in one read-only transaction under METRICS_STATEMENT_TIMEOUT, and
+  `exposition()` renders them. Nothing is kept in the web process between scrapes.
+- each job run reports its own figures to a node exporter textfile and/or a Pushgateway
+  (monitoring.py), through `run_families()`.
+
+The stuck batches are classified by `stuck_batches()` alone, with health's stuck predicate and
+rule_case(): the expressions the admin's filters and health page use, never a form of the rules of
+its own.
+"""
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import connection, transaction
+from django.db.models import Count, Min, Q, Sum
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
+from . import health, rules
+from .conf import JobSettings, job_settings, monitoring_settings
+from .models import CleanupRun, ContentType, GenerationStatus, Outcome, RecordRule, Trigger
+from .services import database_now
+
+PREFIX = "butter"
+# A run's outcome as the metrics spell it: the CleanupRun outcomes, `unfinished` for a run row without one
+# (still running, or its process died: /metrics only) and `failed` for a run that could not reach the
+# database or was aborted (the job's own report only: such a run may leave no row).
+UNFINISHED, FAILED = "unfinished", "failed"
+OUTCOMES = (Outcome.OK.value, Outcome.ERRORS.value, Outcome.SKIPPED.value, UNFINISHED, FAILED)
+# The audit table's rules, from the per-rule counts each CleanupRun keeps (services writes them with its
+# records): summing one row per run, never the records themselves, keeps a scrape cheap on a large history.
+REPAIR_COUNTS = {
+    RecordRule.ALL_ACCOUNTED: "repaired_all_accounted",
+    RecordRule.NO_ACTIVE_TASKS: "repaired_no_active_tasks",
+    RecordRule.COUNTER_OVERFLOW: "repaired_counter_overflow",
+    RecordRule.STALLED_FAILED: "repaired_stalled_failed",
+}
+LOCK_REMOVAL_RULES = (RecordRule.EXPIRED_LOCK, RecordRule.RELEASED_WITH_BATCH, RecordRule.RELEASED_BY_HAND)
+UNJUDGEABLE = ("unknown_status", "never_updated")
+
+
+@dataclass(frozen=True)
+class RunTimes:
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+
+
+@dataclass
+class State:
+    """What one scrape read, all at the database's clock `now`."""
+
+    now: datetime
+    job: JobSettings
+    stuck: dict = field(default_factory=dict)  # (rule, content type) -> batches
+    oldest_stuck: dict = field(default_factory=dict)  # content type -> updated_at of its oldest stuck batch
+    unjudgeable: dict = field(default_factory=dict)  # unknown_status / never_updated -> batches
+    expired_locks: dict = field(default_factory=dict)  # content type -> locks
+    expired_locks_of_moving_batches: dict = field(default_factory=dict)  # content type -> locks
+    last_run: RunTimes | None = None
+    last_completed: RunTimes | None = None  # ran to the end (ok or errors), as the health page counts it
+    last_success: RunTimes | None = None  # ended ok
+    schedule_interval: timedelta | None = None
+    repairs: dict = field(default_factory=dict)  # (rule, trigger) -> repairs recorded
+    lock_removals: dict = field(default_factory=dict)  # (rule, trigger) -> lock removals recorded
+    read_seconds: float = 0.0
+
+    def content_types(self):
+        """Every content type the contract names, and any other the data holds: a zero is a series too."""
+        seen = {content_type for _, content_type in self.stuck} | set(self.expired_locks)
+        return [*ContentType.values, *sorted(seen - set(ContentType.values))]
+
+
+# --- Reading the database (one place per question) -----------------------------------------------
+
+
+def stuck_batches(*, now: datetime, job: JobSettings):
+    """Stuck batches now by (rule, content type), and the oldest one's updated_at by content type: the
+    admin's classification (health.filter_stuck + health.rule_case), grouped. One scan of the in-progress
+    index, whatever the size of the table."""
+    rows = (health.filter_stuck(GenerationStatus.objects.all(), cutoff=now - job.stuck_after)
+            .annotate(stuck_rule=health.rule_case())
+            .values_list("content_type", "stuck_rule")
+            .annotate(n=Count("id"), oldest=Min("updated_at")).order_by())
+    counts, oldest = {}, {}
+    for content_type, rule, n, updated_at in rows:
+        counts[(rule, content_type)] = n
+        if content_type not in oldest or updated_at < oldest[content_type]:
+            oldest[content_type] = updated_at
+    return counts, oldest
+
+
+def unjudgeable_batches():
+    """Batches no rule can judge: the two scans services._report_anomalies reports as errors (a status the
+    contract does not name, through the partial index that is empty while the data is sane; in progress but
+    never updated, through the in-progress index)."""
+    return {
+        "unknown_status": GenerationStatus.objects.filter(~Q(status__in=rules.KNOWN_STATUSES)).count(),
+        "never_updated": GenerationStatus.objects.filter(status__in=rules.IN_PROGRESS, updated_at__isnull=True).count(),
+    }
+
+
+def expired_locks_by_content_type(*, now: datetime, job: JobSettings):
+    expired, of_moving = health.expired_locks(now=now, job=job)
+
+    def grouped(queryset):
+        return dict(queryset.values_list("content_type").annotate(n=Count("id")).order_by())
+
+    return grouped(expired), grouped(of_moving)
+
+
+def job_run_history():
+    """The job's last run, last completed run and last successful run. One probe of the run index
+    (trigger, outcome, started_at) per trigger and outcome, each reading a row or two, instead of sorting
+    the whole history."""
+    found = []
+    for trigger in health.JOB_TRIGGERS:
+        for outcome in (*Outcome.values, ""):
+            row = (health.job_runs().filter(trigger=trigger, outcome=outcome).order_by("-started_at")
+                   .values_list("started_at", "finished_at", "outcome").first())
+            if row:
+                found.append(RunTimes(row[0], row[1], row[2] or UNFINISHED))
+    completed = [run for run in found if run.outcome in (Outcome.OK, Outcome.ERRORS) and run.finished_at]
+    return (
+        max(found, key=lambda run: run.started_at, default=None),
+        max(completed, key=lambda run: run.finished_at, default=None),
+        max((run for run in completed if run.outcome == Outcome.OK), key=lambda run: run.finished_at, default=None),
+    )
+
+
+def recorded_changes():
+    """Repairs and lock removals recorded, by rule and trigger, from the counts kept on each run: one row per
+    run (17,520 a year at the default schedule), never one per record."""
+    sums = {rule.value: Sum(column) for rule, column in REPAIR_COUNTS.items()}
+    rows = (CleanupRun.objects.filter(dry_run=False).values("trigger")
+            .annotate(**sums, removed=Sum("locks_removed"), released=Sum("locks_released")).order_by())
+    repairs, removals = {}, {}
+    for row in rows:
+        trigger = row["trigger"]
+        for rule in REPAIR_COUNTS:
+            repairs[(rule.value, trigger)] = row[rule.value] or 0
+        # the job deletes expired locks; an admin run deletes the locks an operator picked
+        removed_rule = RecordRule.RELEASED_BY_HAND if trigger == Trigger.ADMIN else RecordRule.EXPIRED_LOCK
+        removals[(removed_rule.value, trigger)] = row["removed"] or 0
+        removals[(RecordRule.RELEASED_WITH_BATCH.value, trigger)] = row["released"] or 0
+    return repairs, removals
+
+
+def _read_only(timeout: timedelta):
+    """This transaction reads only, and neither a slow query nor a table lock holds the scrape longer than
+    `timeout` (PostgreSQL; SQLite is local and has neither)."""
+    if connection.vendor != "postgresql":
+        return
+    milliseconds = f"{int(timeout.total_seconds() * 1000)}ms"
+    with connection.cursor() as cursor:
+        cursor.execute("SET TRANSACTION READ ONLY")
+        cursor.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                       [milliseconds, milliseconds])
+
+
+def read_state(*, job: JobSettings | None = None, timeout: timedelta | None = None) -> State:
+    """Everything /metrics shows, read in one read-only transaction under `timeout`. Raises DatabaseError
+    when the database cannot be reached or a query times out."""
+    job = job or job_settings()
+    timeout = timeout or monitoring_settings().metrics_statement_timeout
+    started = time.monotonic()
+    with transaction.atomic():
+        _read_only(timeout)
+        now = database_now()
+        state = State(now=now, job=job)
+        state.stuck, state.oldest_stuck = stuck_batches(now=now, job=job)
+        state.unjudgeable = unjudgeable_batches()
+        state.expired_locks, state.expired_locks_of_moving_batches = expired_locks_by_content_type(now=now, job=job)
+        state.last_run, state.last_completed, state.last_success = job_run_history()
+        state.repairs, state.lock_removals = recorded_changes()
+    try:
+        state.schedule_interval = health.schedule_interval(job.schedule, start=now)
+    except ValueError:
+        state.schedule_interval = None  # the system check reports it
+    state.read_seconds = time.monotonic() - started
+    return state
+
+
+# --- The families ----------------------------------------------------------------------------------
+
+
+def _gauge(name, documentation, labels=(), unit=""):
+    return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=list(labels), unit=unit)
+
+
+def _timestamp(value: datetime | None):
+    return value.timestamp() if value is not None else None
+
+
+def run_history_families(*, last_run: RunTimes | None, last_completed_at: datetime | None,
+                         last_success_at: datetime | None, schedule_interval: timedelta | None):
+    """The job's run history, with the same names whether /metrics read it from the run table or the job
+    reported its own run. A timestamp that does not exist yet (no run ever completed) is left out."""
+    families = []
+    if schedule_interval is not None:
+        interval = _gauge("cleanup_job_schedule_interval_seconds",
+                          "Longest gap between two runs of CLEANUP_SCHEDULE; the job is late after twice this.")
+        interval.add_metric([], schedule_interval.total_seconds())
+        families.append(interval)
+    if last_run is not None:
+        start = _gauge("cleanup_job_last_run_start_timestamp_seconds", "When the job's last run started.")
+        start.add_metric([], last_run.started_at.timestamp())
+        families.append(start)
+        outcome = _gauge("cleanup_job_last_run_outcome", "Outcome of the job's last run: 1 for the outcome it had.",
+                         ["outcome"])
+        for value in OUTCOMES:
+            outcome.add_metric([value], 1.0 if last_run.outcome == value else 0.0)
+        families.append(outcome)
+        if last_run.finished_at is not None:
+            end = _gauge("cleanup_job_last_run_end_timestamp_seconds", "When the job's last run ended.")
+            end.add_metric([], last_run.finished_at.timestamp())
+            duration = _gauge("cleanup_job_last_run_duration_seconds", "How long the job's last run took.")
+            duration.add_metric([], max((last_run.finished_at - last_run.started_at).total_seconds(), 0.0))
+            families += [end, duration]
+    for name, value, documentation in (
+        ("cleanup_job_last_completed_timestamp_seconds", last_completed_at,
+         "When the job last ran to the end (outcome ok or errors): its age says whether the schedule runs."),
+        ("cleanup_job_last_success_timestamp_seconds", last_success_at,
+         "When the job last ran to the end without errors."),
+    ):
+        if value is not None:
+            family = _gauge(name, documentation)
+            family.add_metric([], value.timestamp())
+            families.append(family)
+    return families
+
+
+def state_families(state: State):
+    """Every family /metrics shows, from one State."""
+    content_types = state.content_types()
+    stuck = _gauge("generation_stuck_batches",
+                   "Batches stuck now (queuing/processing, idle longer than the stuck window), by the rule that "
+                   "applies; corrupt and stalled ones are reported, not repaired.", ["rule", "content_type"])
+    for rule in health.STUCK_RULES:
+        for content_type in content_types:
+            stuck.add_metric([rule.value, content_type], state.stuck.get((rule.value, content_type), 0))
+    oldest = _gauge("generation_stuck_oldest_idle_seconds",
+                    "How long the oldest stuck batch has been idle (0: none is stuck).", ["content_type"])
+    for content_type in content_types:
+        updated_at = state.oldest_stuck.get(content_type)
+        oldest.add_metric([content_type], (state.now - updated_at).total_seconds() if updated_at else 0.0)
+    unjudgeable = _gauge("generation_unjudgeable_batches",
+                         "Batches no rule can judge, reported as errors by every run and never changed: a status "
+                         "the contract does not name, or in progress but never updated.", ["reason"])
+    for reason in UNJUDGEABLE:
+        unjudgeable.add_metric([reason], state.unjudgeable.get(reason, 0))
+    expired = _gauge("generation_expired_locks", "Locks held longer than the lock TTL.", ["content_type"])
+    moving = _gauge("generation_expired_locks_of_moving_batches",
+                    "Expired locks whose batch is still moving (updated within the stuck window): generations "
+                    "that take longer than the lock TTL.", ["content_type"])
+    for content_type in content_types:
+        expired.add_metric([content_type], state.expired_locks.get(content_type, 0))
+        moving.add_metric([content_type], state.expired_locks_of_moving_batches.get(content_type, 0))
+
+    repairs = CounterMetricFamily(f"{PREFIX}_cleanup_repairs", "Batch repairs recorded, by rule and trigger.",
+                                  labels=["rule", "trigger"])
+    for rule in REPAIR_COUNTS:
+        for trigger in Trigger.values:
+            repairs.add_metric([rule.value, trigger], state.repairs.get((rule.value, trigger), 0))
+    removals = CounterMetricFamily(f"{PREFIX}_cleanup_lock_removals",
+                                   "Lock removals recorded, by rule (expired_lock, released_with_batch, "
+                                   "released_by_hand) and trigger.", labels=["rule", "trigger"])
+    for rule in LOCK_REMOVAL_RULES:
+        for trigger in Trigger.values:
+            removals.add_metric([rule.value, trigger], state.lock_removals.get((rule.value, trigger), 0))
+
+    read = _gauge("metrics_read_duration_seconds", "How long this scrape took to read the database.")
+    read.add_metric([], state.read_seconds)
+    history = run_history_families(
+        last_run=state.last_run, schedule_interval=state.schedule_interval,
+        last_completed_at=state.last_completed.finished_at if state.last_completed else None,
+        last_success_at=state.last_success.finished_at if state.last_success else None)
+    return [stuck, oldest, unjudgeable, expired, moving, *history, repairs, removals, read]
+
+
+class Families:
+    """A collector that yields families already built (prometheus_client's registries take collectors)."""
+
+    def __init__(self, families):
+        self.families = list(families)
+
+    def collect(self):
+        return iter(self.families)
+
+
+def registry_of(families) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Families(families))
+    return registry
+
+
+def exposition(*, accept: str | None = None) -> tuple[bytes, str]:
+    """The /metrics body and its content type (Prometheus text, or OpenMetrics if the scraper asks)."""
+    state = read_state()
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry_of(state_families(state))), content_type
