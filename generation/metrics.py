@@ -60,7 +60,7 @@ class State:
     now: datetime
     job: JobSettings
     stuck: dict = field(default_factory=dict)  # (rule, content type) -> batches
-    oldest_stuck: dict = field(default_factory=dict)  # content type -> updated_at of its oldest stuck batch
+    oldest_stuck: dict = field(default_factory=dict)  # (rule, content type) -> updated_at of the oldest
     unjudgeable: dict = field(default_factory=dict)  # unknown_status / never_updated -> batches
     expired_locks: dict = field(default_factory=dict)  # content type -> locks
     expired_locks_of_moving_batches: dict = field(default_factory=dict)  # content type -> locks
@@ -82,7 +82,7 @@ class State:
 
 
 def stuck_batches(*, now: datetime, job: JobSettings):
-    """Stuck batches now by (rule, content type), and the oldest one's updated_at by content type: the
+    """Stuck batches now by (rule, content type), and the oldest one's updated_at for each: the
     admin's classification (health.filter_stuck + health.rule_case), grouped. One scan of the in-progress
     index, whatever the size of the table."""
     rows = (health.filter_stuck(GenerationStatus.objects.all(), cutoff=now - job.stuck_after)
@@ -92,8 +92,7 @@ def stuck_batches(*, now: datetime, job: JobSettings):
     counts, oldest = {}, {}
     for content_type, rule, n, updated_at in rows:
         counts[(rule, content_type)] = n
-        if content_type not in oldest or updated_at < oldest[content_type]:
-            oldest[content_type] = updated_at
+        oldest[(rule, content_type)] = updated_at
     return counts, oldest
 
 
@@ -191,12 +190,8 @@ def read_state(*, job: JobSettings | None = None, timeout: timedelta | None = No
 # --- The families ----------------------------------------------------------------------------------
 
 
-def _gauge(name, documentation, labels=(), unit=""):
+def gauge(name, documentation, labels=(), unit=""):
     return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=list(labels), unit=unit)
-
-
-def _timestamp(value: datetime | None):
-    return value.timestamp() if value is not None else None
 
 
 def run_history_families(*, last_run: RunTimes | None, last_completed_at: datetime | None,
@@ -205,23 +200,23 @@ def run_history_families(*, last_run: RunTimes | None, last_completed_at: dateti
     reported its own run. A timestamp that does not exist yet (no run ever completed) is left out."""
     families = []
     if schedule_interval is not None:
-        interval = _gauge("cleanup_job_schedule_interval_seconds",
+        interval = gauge("cleanup_job_schedule_interval_seconds",
                           "Longest gap between two runs of CLEANUP_SCHEDULE; the job is late after twice this.")
         interval.add_metric([], schedule_interval.total_seconds())
         families.append(interval)
     if last_run is not None:
-        start = _gauge("cleanup_job_last_run_start_timestamp_seconds", "When the job's last run started.")
+        start = gauge("cleanup_job_last_run_start_timestamp_seconds", "When the job's last run started.")
         start.add_metric([], last_run.started_at.timestamp())
         families.append(start)
-        outcome = _gauge("cleanup_job_last_run_outcome", "Outcome of the job's last run: 1 for the outcome it had.",
+        outcome = gauge("cleanup_job_last_run_outcome", "Outcome of the job's last run: 1 for the outcome it had.",
                          ["outcome"])
         for value in OUTCOMES:
             outcome.add_metric([value], 1.0 if last_run.outcome == value else 0.0)
         families.append(outcome)
         if last_run.finished_at is not None:
-            end = _gauge("cleanup_job_last_run_end_timestamp_seconds", "When the job's last run ended.")
+            end = gauge("cleanup_job_last_run_end_timestamp_seconds", "When the job's last run ended.")
             end.add_metric([], last_run.finished_at.timestamp())
-            duration = _gauge("cleanup_job_last_run_duration_seconds", "How long the job's last run took.")
+            duration = gauge("cleanup_job_last_run_duration_seconds", "How long the job's last run took.")
             duration.add_metric([], max((last_run.finished_at - last_run.started_at).total_seconds(), 0.0))
             families += [end, duration]
     for name, value, documentation in (
@@ -231,7 +226,7 @@ def run_history_families(*, last_run: RunTimes | None, last_completed_at: dateti
          "When the job last ran to the end without errors."),
     ):
         if value is not None:
-            family = _gauge(name, documentation)
+            family = gauge(name, documentation)
             family.add_metric([], value.timestamp())
             families.append(family)
     return families
@@ -240,24 +235,38 @@ def run_history_families(*, last_run: RunTimes | None, last_completed_at: dateti
 def state_families(state: State):
     """Every family /metrics shows, from one State."""
     content_types = state.content_types()
-    stuck = _gauge("generation_stuck_batches",
+    stuck = gauge("generation_stuck_batches",
                    "Batches stuck now (queuing/processing, idle longer than the stuck window), by the rule that "
                    "applies; corrupt and stalled ones are reported, not repaired.", ["rule", "content_type"])
     for rule in health.STUCK_RULES:
         for content_type in content_types:
             stuck.add_metric([rule.value, content_type], state.stuck.get((rule.value, content_type), 0))
-    oldest = _gauge("generation_stuck_oldest_idle_seconds",
-                    "How long the oldest stuck batch has been idle (0: none is stuck).", ["content_type"])
-    for content_type in content_types:
-        updated_at = state.oldest_stuck.get(content_type)
-        oldest.add_metric([content_type], (state.now - updated_at).total_seconds() if updated_at else 0.0)
-    unjudgeable = _gauge("generation_unjudgeable_batches",
+    oldest = gauge("generation_stuck_oldest_idle_seconds",
+                   "How long the oldest stuck batch of each rule has been idle (0: none is stuck).",
+                   ["rule", "content_type"])
+    for rule in health.STUCK_RULES:
+        for content_type in content_types:
+            updated_at = state.oldest_stuck.get((rule.value, content_type))
+            oldest.add_metric([rule.value, content_type],
+                              (state.now - updated_at).total_seconds() if updated_at else 0.0)
+    # the windows the counts were taken with, by content type (the same for all today; issue 12 may differ)
+    windows = []
+    for name, value, documentation in (
+        ("generation_stuck_after_seconds", state.job.stuck_after,
+         "A queuing/processing batch idle this long is stuck (GENERATION_STUCK_AFTER)."),
+        ("generation_lock_ttl_seconds", state.job.lock_ttl, "A lock held this long is expired (GENERATION_LOCK_TTL)."),
+    ):
+        window = gauge(name, documentation, ["content_type"])
+        for content_type in content_types:
+            window.add_metric([content_type], value.total_seconds())
+        windows.append(window)
+    unjudgeable = gauge("generation_unjudgeable_batches",
                          "Batches no rule can judge, reported as errors by every run and never changed: a status "
                          "the contract does not name, or in progress but never updated.", ["reason"])
     for reason in UNJUDGEABLE:
         unjudgeable.add_metric([reason], state.unjudgeable.get(reason, 0))
-    expired = _gauge("generation_expired_locks", "Locks held longer than the lock TTL.", ["content_type"])
-    moving = _gauge("generation_expired_locks_of_moving_batches",
+    expired = gauge("generation_expired_locks", "Locks held longer than the lock TTL.", ["content_type"])
+    moving = gauge("generation_expired_locks_of_moving_batches",
                     "Expired locks whose batch is still moving (updated within the stuck window): generations "
                     "that take longer than the lock TTL.", ["content_type"])
     for content_type in content_types:
@@ -276,13 +285,13 @@ def state_families(state: State):
         for trigger in Trigger.values:
             removals.add_metric([rule.value, trigger], state.lock_removals.get((rule.value, trigger), 0))
 
-    read = _gauge("metrics_read_duration_seconds", "How long this scrape took to read the database.")
+    read = gauge("metrics_read_duration_seconds", "How long this scrape took to read the database.")
     read.add_metric([], state.read_seconds)
     history = run_history_families(
         last_run=state.last_run, schedule_interval=state.schedule_interval,
         last_completed_at=state.last_completed.finished_at if state.last_completed else None,
         last_success_at=state.last_success.finished_at if state.last_success else None)
-    return [stuck, oldest, unjudgeable, expired, moving, *history, repairs, removals, read]
+    return [stuck, oldest, *windows, unjudgeable, expired, moving, *history, repairs, removals, read]
 
 
 class Families:
