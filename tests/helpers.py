@@ -1,6 +1,8 @@
 """Shared test helpers: running manage.py as a real process, scratch PostgreSQL databases."""
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -75,3 +77,24 @@ class Thread(threading.Thread):
         if self.error:
             raise self.error
         return self.result
+
+
+def require_binaries(*names, package):
+    """Skip the test without these programs on PATH; under CI=true that is a failure, not a skip."""
+    import pytest
+
+    from .conftest import IN_CI
+
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        reason = f"needs {' and '.join(missing)} on PATH (Debian: apt-get install {package})"
+        if IN_CI:
+            pytest.fail(f"{reason}; under CI=true this is a failure, not a skip")
+        pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the caller binds it at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
