@@ -3,7 +3,7 @@
 Two sources share one set of names (README, "Monitoring"):
 
 - `/metrics` (views.metrics) reads the database at every scrape: `read_state()` runs a handful of
-  index-driven queries in one read-only transaction under METRICS_STATEMENT_TIMEOUT, and
+  index-driven queries in one transaction under METRICS_STATEMENT_TIMEOUT, and
   `exposition()` renders them. Nothing is kept in the web process between scrapes.
 - each job run reports its own figures to a node exporter textfile and/or a Pushgateway
   (monitoring.py), through `run_families()`.
@@ -112,7 +112,9 @@ def expired_locks_by_content_type(*, now: datetime, job: JobSettings):
     def grouped(queryset):
         return dict(queryset.values_list("content_type").annotate(n=Count("id")).order_by())
 
-    return grouped(expired), grouped(of_moving)
+    by_content_type = grouped(expired)
+    # none expired, none of moving batches: the usual case costs one probe of the locked_at index
+    return by_content_type, grouped(of_moving) if by_content_type else {}
 
 
 def job_run_history():
@@ -152,26 +154,25 @@ def recorded_changes():
     return repairs, removals
 
 
-def _read_only(timeout: timedelta):
-    """This transaction reads only, and neither a slow query nor a table lock holds the scrape longer than
-    `timeout` (PostgreSQL; SQLite is local and has neither)."""
+def _bounded(timeout: timedelta):
+    """Neither a slow query nor a table lock (an ALTER TABLE on the backend's table) holds the scrape longer
+    than `timeout`: transaction-local settings (PostgreSQL; SQLite is local and has neither)."""
     if connection.vendor != "postgresql":
         return
     milliseconds = f"{int(timeout.total_seconds() * 1000)}ms"
     with connection.cursor() as cursor:
-        cursor.execute("SET TRANSACTION READ ONLY")
         cursor.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
                        [milliseconds, milliseconds])
 
 
 def read_state(*, job: JobSettings | None = None, timeout: timedelta | None = None) -> State:
-    """Everything /metrics shows, read in one read-only transaction under `timeout`. Raises DatabaseError
+    """Everything /metrics shows, read in one transaction under `timeout`. Raises DatabaseError
     when the database cannot be reached or a query times out."""
     job = job or job_settings()
     timeout = timeout or monitoring_settings().metrics_statement_timeout
     started = time.monotonic()
     with transaction.atomic():
-        _read_only(timeout)
+        _bounded(timeout)
         now = database_now()
         state = State(now=now, job=job)
         state.stuck, state.oldest_stuck = stuck_batches(now=now, job=job)
