@@ -75,7 +75,8 @@ def job_run(*, enabled: bool = True):
     if conf is None or not conf.reports_runs:
         yield run
         return
-    _heartbeat(conf, "start", "")
+    if conf.heartbeat_url:
+        _heartbeat(conf, "start", "")
     try:
         yield run
     except BaseException as exc:
