@@ -310,6 +310,11 @@ RUN_BY = {
     "kubectl logs job/butter-admin-cleanup-now": NO_CLUSTER,
     "kubectl get cronjob butter-admin-cleanup": NO_CLUSTER,
     "kubectl get jobs -l app.kubernetes.io/component=cleanup": NO_CLUSTER,
+    # the same request to the real server, and the same promtool runs, in the monitoring tests
+    "curl -s -H \"Authorization: Bearer $METRICS_TOKEN\" https://admin.example.com/metrics | grep "
+    "'^butter_generation_stuck_batches'": "tests/test_monitoring_e2e.py::test_prometheus_reads_the_stuck_count_and_the_pushed_run",
+    "promtool check rules deploy/prometheus/alerts.yml": "tests/test_alerts.py::test_the_rules_pass_promtool_check",
+    "promtool test rules deploy/prometheus/alerts.test.yml": "tests/test_alerts.py::test_the_rules_pass_their_unit_tests",
 }
 
 

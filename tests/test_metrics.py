@@ -11,6 +11,7 @@ from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.dataset import RUN_HISTORY_SQL, YEAR_OF_RUNS
 from generation import health, metrics, services, undo
 from generation.models import CleanupRun, Outcome, RecordRule, RepairRecord, Trigger
 
@@ -298,15 +299,8 @@ def rows_read(table):
 @pytest.mark.parametrize("stuck_every", [10, 0], ids=["backlog-20000", "quiet"])
 def test_every_scrape_query_is_index_driven_on_a_large_table(stuck_every):
     fill(stuck_every=stuck_every, locks=TABLE_ROWS)
-    # a year of the job's history at the default schedule, for the run queries
-    with connection.cursor() as cursor:
-        cursor.execute("INSERT INTO generation_cleanuprun (started_at, finished_at, trigger, dry_run, filters, host, "
-                       "examined, repaired_all_accounted, repaired_no_active_tasks, repaired_counter_overflow, "
-                       "repaired_stalled_failed, stalled, corrupt, skipped_busy, locks_expired, locks_removed, "
-                       "locks_released, outcome, error) "
-                       "SELECT now() - i * interval '30 minutes', now() - i * interval '30 minutes' + interval '2 s', "
-                       "'cron', false, '{}', 'h', 0, i % 3, 0, 0, 0, 0, 0, 0, 0, i % 2, 0, 'ok', '' "
-                       "FROM generate_series(1, 17520) AS i")
+    with connection.cursor() as cursor:  # a year of the job's history, for the run queries
+        cursor.execute(RUN_HISTORY_SQL, {"runs": YEAR_OF_RUNS})
         cursor.execute("ANALYZE generation_cleanuprun")
     queries = scrape_queries()
     assert len(queries) >= 10
