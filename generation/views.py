@@ -6,6 +6,7 @@ user; anyone else gets 401 (no credentials) or 403 (wrong ones), and no data.
 
 import hmac
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 from django.http import HttpResponse
 from django.views.decorators.cache import never_cache
@@ -45,4 +46,6 @@ def metrics_view(request):
         body, content_type = metrics.exposition(accept=request.headers.get("Accept"))
     except DatabaseError as exc:
         return _text(503, f"metrics unavailable: cannot read the {database_name()}: {one_line(exc)}")
+    except ImproperlyConfigured as exc:  # a server started without the system checks (they name it too)
+        return _text(503, f"metrics unavailable: {exc}")
     return HttpResponse(body, content_type=content_type)

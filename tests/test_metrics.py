@@ -255,6 +255,15 @@ def test_a_database_error_is_503_and_one_line(client, monkeypatch):
     assert body.endswith("Connection refused Is the server running?\n")
 
 
+@pytest.mark.django_db
+def test_a_bad_setting_is_503_and_one_line_never_a_traceback(client, settings):
+    settings.GENERATION_STUCK_AFTER = "soon"
+    response = with_token(client)
+    assert (response.status_code, response.content.decode()) == (
+        503, "metrics unavailable: GENERATION_STUCK_AFTER='soon' is not a duration (use e.g. 90m, 3h, 1h30m, 45s or "
+             "plain seconds)\n")
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_table_lock_on_the_backends_table_ends_the_scrape_after_the_timeout_with_503(client, settings):
