@@ -27,9 +27,8 @@ from django.core.exceptions import ImproperlyConfigured
 from prometheus_client import pushadd_to_gateway, write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
 
-from . import health
 from .conf import MonitoringSettings, job_settings, monitoring_settings
-from .metrics import FAILED, PREFIX, RunTimes, gauge, registry_of, run_history_families
+from .metrics import FAILED, PREFIX, RunTimes, gauge, registry_of, run_history_families, schedule_interval
 from .models import Outcome
 from .report import format_summary
 from .services import CleanupReport, one_line
@@ -152,8 +151,9 @@ def run_families(run: JobRun):
     for a run that went through (ok or errors), its figures from the report."""
     completed = run.outcome in COMPLETED
     try:
-        interval = health.schedule_interval(job_settings().schedule, start=run.started_at)
-    except (ValueError, ImproperlyConfigured):
+        interval = schedule_interval(job_settings().schedule, hour=run.started_at.replace(minute=0, second=0,
+                                                                                          microsecond=0))
+    except ImproperlyConfigured:
         interval = None  # the system check reports it
     families = run_history_families(
         last_run=RunTimes(run.started_at, run.ended_at, run.outcome), schedule_interval=interval,
