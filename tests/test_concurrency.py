@@ -106,27 +106,45 @@ def test_an_increment_committed_before_the_lock_is_seen_by_the_recheck(monkeypat
 
 
 def test_two_runs_at_the_same_moment_one_works_the_other_is_skipped():
+    """Two runs start together. Made to overlap whatever the scheduling: a run that has done a page waits
+    (on_page) until the other run has either returned or done a page of its own. With the single-run lock
+    the second returns skipped while the first waits; without it both would work at the same time."""
     batches = [make_batch((4, 0, 0, 0, 0)) for _ in range(30)]
     barrier = threading.Barrier(2)
+    inside_a_page = [threading.Event(), threading.Event()]
+    returned = [threading.Event(), threading.Event()]
 
-    def run():
+    def run(me):
+        other = 1 - me
+
+        def overlap_with_the_other_run(kind, details):
+            inside_a_page[me].set()
+            deadline = time.monotonic() + 20
+            while not (returned[other].is_set() or inside_a_page[other].is_set()):
+                assert time.monotonic() < deadline, "the other run neither returned nor did a page"
+                time.sleep(0.01)
+
         barrier.wait(5)
-        return services.cleanup(**{**PARAMS, "batch_size": 5})
+        try:
+            return services.cleanup(**{**PARAMS, "batch_size": 5}, on_page=overlap_with_the_other_run)
+        finally:
+            returned[me].set()
 
-    threads = [Thread(run), Thread(run)]
+    threads = [Thread(lambda: run(0)), Thread(lambda: run(1))]
     for t in threads:
         t.start()
     reports = [t.join_result() for t in threads]
-    outcomes = sorted(r.outcome for r in reports)
-    repaired = sum(r.statuses.repaired for r in reports)
-    if outcomes == ["ok", "skipped"]:
-        assert repaired == 30
-    else:
-        # the first finished before the second asked for the lock: then the second found nothing to do
-        assert outcomes == ["ok", "ok"] and repaired == 30
+    assert sorted(r.outcome for r in reports) == ["ok", "skipped"]
+    [worked] = [r for r in reports if r.outcome == "ok"]
+    [skipped] = [r for r in reports if r.outcome == "skipped"]
+    assert worked.statuses.repaired == 30
+    assert (skipped.skipped_reason, skipped.statuses.examined, skipped.statuses.repaired) == (
+        "another run holds the lock", 0, 0)
     for batch in batches:
         assert RepairRecord.objects.filter(kind="status", target_id=batch.pk).count() == 1
-    assert CleanupRun.objects.filter(outcome="skipped").count() == outcomes.count("skipped")
+    assert not RepairRecord.objects.filter(run_id=skipped.run_id).exists()
+    runs = CleanupRun.objects.order_by("pk")
+    assert sorted(run.outcome for run in runs) == ["ok", "skipped"]
 
 
 def test_a_run_holding_the_lock_makes_the_next_one_skip(monkeypatch):

@@ -76,7 +76,9 @@ def test_the_expected_manifests_are_there():
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("path", MANIFESTS, ids=[path.name for path in MANIFESTS])
 def test_manifest_validates_strictly(path, version):
-    for doc in resources(path):
+    docs = resources(path)
+    assert docs, f"{path.name} holds no resource"
+    for doc in docs:
         # raises ValidationError, or SchemaNotFoundError for an unknown kind/apiVersion (which the
         # command-line tool only warns about)
         kubernetes_validate.validate(doc, version, strict=True)
@@ -205,6 +207,7 @@ def test_dockerfile_cmd_is_the_documented_command():
 
 
 def test_everything_the_dockerfile_copies_exists_and_is_not_dockerignored():
+    assert copies(), "the Dockerfile copies nothing"
     for source, _ in copies():
         path = ROOT / source
         assert path.exists(), source
@@ -388,11 +391,14 @@ def test_documented_sql_runs():
     call_command("cleanup_stuck_generation", stdout=StringIO(), stderr=StringIO())  # rows for the history queries
     blocks = fenced("sql")
     assert len(blocks) >= 4
+    executed = 0
     with connection.cursor() as cursor:
         for block in blocks:
             for statement in filter(None, (s.strip() for s in block.split(";"))):
                 cursor.execute(statement)
                 cursor.fetchall()
+                executed += 1
+    assert executed >= len(blocks)
 
 
 @pytest.mark.postgres

@@ -155,8 +155,13 @@ def test_connection_killed_mid_run_exits_1_and_leaves_no_half_batch(monkeypatch,
     assert err.startswith("CommandError: cleanup aborted: lost the database connection during the run (")
     assert "Traceback" not in err + out
     assert applied_or_untouched(planted, orphans) == (applied_before_kill, 15 - applied_before_kill)
+    # The server is still up, only the session died: the run row is closed on a new connection, as errors,
+    # with the abort's line, and counts what the committed pages did (their records, nothing of the lost page).
     aborted = CleanupRun.objects.get()
-    assert aborted.outcome in ("", "errors")  # "" when the dead connection could not even close the run row
+    assert aborted.outcome == "errors"
+    assert aborted.error.startswith("lost the database connection during the run ("), aborted.error
+    assert aborted.finished_at is not None
+    assert aborted.repaired == RepairRecord.objects.filter(run=aborted, kind="status").count()
 
     code, out, err = run_command("--batch-size", "3")
     assert (code, err) == (0, ""), err
@@ -230,3 +235,64 @@ def test_lock_timeout_on_a_page_rolls_it_back_reports_it_and_the_run_continues()
     retry = services.cleanup(**params)
     assert (retry.outcome, retry.statuses.repaired, retry.statuses.locks_released) == ("ok", 3, 3)
     assert RepairRecord.objects.count() == 12
+
+
+@pytest.fixture
+def slow_update_of():
+    """slow_update_of(batch_id, seconds): from now on, every UPDATE of that batch's row sleeps first (a trigger),
+    so the statement writing it runs long without waiting on any lock. Dropped again after the test."""
+    created = []
+
+    def plant(batch_id, seconds):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "CREATE FUNCTION test_slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                f"BEGIN PERFORM pg_sleep({float(seconds)}); RETURN NEW; END $$")
+            cursor.execute(
+                "CREATE TRIGGER test_slow_update BEFORE UPDATE ON account_generation_status FOR EACH ROW "
+                f"WHEN (OLD.id = {int(batch_id)}) EXECUTE FUNCTION test_slow_update()")
+        created.append(batch_id)
+
+    yield plant
+    if created:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER IF EXISTS test_slow_update ON account_generation_status")
+            cursor.execute("DROP FUNCTION IF EXISTS test_slow_update()")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_statement_timeout_on_a_page_rolls_it_back_reports_it_and_the_run_continues(settings, slow_update_of):
+    """A page whose write runs longer than CLEANUP_STATEMENT_TIMEOUT without waiting on a lock (lock_timeout
+    cannot end it) is cancelled, rolled back whole and reported; the pages before and after it are repaired."""
+    pages = [[make_batch((4, 0, 0, 0, 0), lock_held_for=timedelta(minutes=10)) for _ in range(3)] for _ in range(3)]
+    settings.CLEANUP_BATCH_SIZE = "3"
+    settings.CLEANUP_STATEMENT_TIMEOUT = "500ms"
+    settings.CLEANUP_LOCK_TIMEOUT = "5s"
+    slow = pages[1]
+    slow_update_of(slow[1].pk, seconds=4)
+
+    started = time.monotonic()
+    report = services.cleanup_from_settings(trigger="command")
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 3.5, f"the slow page ran {elapsed:.1f}s: the statement was not cancelled"
+    assert report.outcome == "errors"
+    [error] = report.errors
+    assert f"#{slow[0].pk}" in error and f"#{slow[-1].pk}" in error, error  # names the page
+    assert "statement timeout" in error, error
+    for batch in slow:  # nothing of the page was written
+        row = GenerationStatus.objects.get(pk=batch.pk)
+        assert (Counters.of(row), row.status, row.updated_at, row.completed_at) == (
+            Counters.of(batch), batch.status, batch.updated_at, None)
+        assert GenerationLock.objects.filter(lock_id=batch.lock_id).exists()
+        assert not RepairRecord.objects.filter(target_id=batch.pk, kind="status").exists()
+        assert not RepairRecord.objects.filter(kind="lock", before__lock_id=batch.lock_id).exists()
+    for batch in pages[0] + pages[2]:  # the run went on
+        assert GenerationStatus.objects.get(pk=batch.pk).total_failed == 4
+        assert not GenerationLock.objects.filter(lock_id=batch.lock_id).exists()
+        assert RepairRecord.objects.filter(target_id=batch.pk, kind="status").count() == 1
+    assert report.statuses.repaired == 6
+    run = CleanupRun.objects.get(pk=report.run_id)
+    assert (run.outcome, run.repaired_no_active_tasks) == ("errors", 6)
+    assert "statement timeout" in run.error

@@ -283,5 +283,8 @@ def test_the_sql_classification_survives_counters_at_the_bigint_limit():
     GenerationStatus.objects.bulk_create([make(*c, status="processing", account=i) for i, c in enumerate(combos)])
     rows = GenerationStatus.objects.annotate(sql_rule=health.rule_case()).order_by("account_id").values_list(
         "total_requested", "total_queued", "total_processing", "total_completed", "total_failed", "sql_rule")
+    checked = 0
     for *counters, sql_rule in rows:
         assert sql_rule == rules.decide(Counters(*counters), "processing").rule.value, counters
+        checked += 1
+    assert checked == len(combos)

@@ -1,5 +1,7 @@
 """The rules of spec/repair-rules.md, without a database: worked examples first, then properties."""
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -69,6 +71,30 @@ def test_counter_overflow_excess_from_processing_then_queued():
 def test_counter_overflow_excess_from_queued_only():
     d = decide(c(10, 3, 0, 7, 2), PROCESSING)
     assert (d.rule, d.after, d.status) == (Rule.COUNTER_OVERFLOW, c(10, 1, 0, 7, 2), PROCESSING)
+
+
+# Edges of counter_overflow: an excess of exactly 1, and a single task in processing or completed, decide
+# the in-progress status ("processing" if P > 0 or C > 0, "queuing" otherwise) on their own.
+
+
+def test_counter_overflow_excess_of_one_leaves_a_single_task_processing():
+    d = decide(c(2, 1, 2, 0, 0), PROCESSING)  # excess 1, dropped from P: P' = 1, C = 0
+    assert (d.rule, d.after, d.status, d.finishes) == (Rule.COUNTER_OVERFLOW, c(2, 1, 1, 0, 0), PROCESSING, False)
+
+
+def test_counter_overflow_excess_of_one_with_a_single_completed_task_is_processing():
+    d = decide(c(3, 2, 0, 1, 1), QUEUING)  # excess 1, dropped from Q: P' = 0, C = 1
+    assert (d.rule, d.after, d.status) == (Rule.COUNTER_OVERFLOW, c(3, 1, 0, 1, 1), PROCESSING)
+
+
+def test_counter_overflow_excess_of_one_with_nothing_processing_or_completed_is_queuing():
+    d = decide(c(2, 2, 0, 0, 1), PROCESSING)  # excess 1, dropped from Q: P' = 0, C = 0
+    assert (d.rule, d.after, d.status) == (Rule.COUNTER_OVERFLOW, c(2, 1, 0, 0, 1), QUEUING)
+
+
+def test_an_excess_of_one_is_not_stalled_even_when_failing_stalled_batches():
+    d = decide(c(10, 1, 1, 6, 3), PROCESSING, fail_stalled=True)  # Q+P+C+F = 11 = T + 1
+    assert (d.rule, d.after, d.status) == (Rule.COUNTER_OVERFLOW, c(10, 1, 0, 6, 3), PROCESSING)
 
 
 def test_stalled_is_reported_and_unchanged():
@@ -173,3 +199,59 @@ def test_fail_stalled_only_changes_what_would_otherwise_be_stalled(before, statu
         assert failing.after.total_failed == before.total_requested - before.total_completed
     else:
         assert failing == plain
+
+
+def in_progress_status(after):
+    """The contract's in-progress status, spelt out here rather than taken from rules.py."""
+    return PROCESSING if after.total_processing > 0 or after.total_completed > 0 else QUEUING
+
+
+valid = st.integers(min_value=0, max_value=BIGINT)
+small = st.integers(min_value=0, max_value=6)
+
+
+@st.composite
+def overflowing(draw, values):
+    """Valid counters with an excess: C + F < T, Q + P > 0 and Q + P + C + F > T (an excess of 1 is common)."""
+    t = draw(values.filter(lambda n: n > 0))
+    completed = draw(st.integers(min_value=0, max_value=t - 1))
+    failed = draw(st.integers(min_value=0, max_value=t - 1 - completed))
+    room = t - completed - failed  # at least 1
+    excess = draw(st.one_of(st.just(1), values.filter(lambda n: n > 0)))
+    in_flight = room + excess  # Q + P, split so that each fits a bigint
+    queued = draw(st.integers(min_value=max(0, in_flight - BIGINT), max_value=min(in_flight, BIGINT)))
+    return Counters(t, queued, in_flight - queued, completed, failed)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(overflowing(small), overflowing(valid)), in_progress, st.booleans())
+def test_an_excess_is_counter_overflow_and_the_status_after_is_the_in_progress_status(before, status, fail_stalled):
+    assert before.in_flight + before.accounted > before.total_requested > before.accounted  # the rule's condition
+    d = decide(before, status, fail_stalled=fail_stalled)
+    assert d.rule == Rule.COUNTER_OVERFLOW
+    assert d.status == in_progress_status(d.after)
+    assert not d.finishes
+    # the excess comes off P first, then off Q
+    excess = before.in_flight + before.accounted - before.total_requested
+    dropped_from_processing = before.total_processing - d.after.total_processing
+    assert dropped_from_processing == min(excess, before.total_processing)
+    assert before.total_queued - d.after.total_queued == excess - dropped_from_processing
+
+
+def test_valid_small_counters_are_classified_as_the_contract_says():
+    """Every rule's condition spelt out independently, in the contract's order, for all counters 0..4."""
+    for t, q, p, completed, failed in itertools.product(range(5), repeat=5):
+        before = Counters(t, q, p, completed, failed)
+        if completed + failed >= t:
+            expected = Rule.ALL_ACCOUNTED
+        elif q + p == 0:
+            expected = Rule.NO_ACTIVE_TASKS
+        elif q + p + completed + failed > t:
+            expected = Rule.COUNTER_OVERFLOW
+        else:
+            expected = None  # stalled, or stalled_failed when failing stalled batches
+        for status, fail_stalled in itertools.product(IN_PROGRESS, (False, True)):
+            d = decide(before, status, fail_stalled=fail_stalled)
+            assert d.rule == (expected or (Rule.STALLED_FAILED if fail_stalled else Rule.STALLED)), (before, status)
+            if expected == Rule.COUNTER_OVERFLOW:
+                assert d.status == in_progress_status(d.after), before

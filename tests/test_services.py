@@ -1,12 +1,15 @@
 """The engine through the ORM, on whichever database the suite runs on (SQLite or PostgreSQL)."""
 
 import json
+from contextlib import contextmanager
 from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import DatabaseError, connection, transaction
+from django.db.models import F
 
 from generation import services
 from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
@@ -188,6 +191,68 @@ def test_only_the_changed_columns_and_updated_at_are_written():
     after = GenerationStatus.objects.values().get(pk=batch.pk)
     changed = {name for name in before if before[name] != after[name]}
     assert changed == {"total_processing", "updated_at"}
+
+
+# What each rule may write (the contract's columns for it); every other column of the row is the backend's.
+RULE_COLUMNS = {
+    "all_accounted": {"total_queued", "total_processing", "status", "updated_at", "completed_at"},
+    "no_active_tasks": {"total_queued", "total_processing", "total_failed", "status", "updated_at", "completed_at"},
+    "stalled_failed": {"total_queued", "total_processing", "total_failed", "status", "updated_at", "completed_at"},
+    "counter_overflow": {"total_queued", "total_processing", "status", "updated_at"},
+}
+
+
+@contextmanager
+def updates_of_columns_fail(columns):
+    """From here on, an UPDATE of account_generation_status that names any of `columns` as a target fails,
+    whatever value it writes (triggers `BEFORE UPDATE OF column`, which PostgreSQL and SQLite fire on the
+    columns an UPDATE sets, not on the values that change). Writing a column "unchanged" from values read
+    earlier would overwrite a worker's change made in between, so it must not be written at all."""
+    table = GenerationStatus._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("CREATE FUNCTION test_column_written() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                           "BEGIN RAISE EXCEPTION 'the update wrote column %', TG_ARGV[0]; END $$")
+        for column in columns:
+            if connection.vendor == "postgresql":
+                body = f"FOR EACH ROW EXECUTE FUNCTION test_column_written('{column}')"
+            else:
+                body = f"BEGIN SELECT RAISE(ABORT, 'the update wrote column {column}'); END"
+            cursor.execute(f'CREATE TRIGGER "test_written_{column}" BEFORE UPDATE OF "{column}" ON "{table}" {body}')
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            for column in columns:
+                suffix = f' ON "{table}"' if connection.vendor == "postgresql" else ""
+                cursor.execute(f'DROP TRIGGER IF EXISTS "test_written_{column}"{suffix}')
+            if connection.vendor == "postgresql":
+                cursor.execute("DROP FUNCTION IF EXISTS test_column_written()")
+
+
+def test_the_trigger_catches_a_column_written_with_its_own_value():
+    batch = make_batch((4, 0, 0, 0, 0))
+    with updates_of_columns_fail(["error_message"]), pytest.raises(DatabaseError, match="wrote column error_message"):
+        with transaction.atomic():
+            GenerationStatus.objects.filter(pk=batch.pk).update(error_message=F("error_message"))
+    GenerationStatus.objects.filter(pk=batch.pk).update(error_code="x")  # the triggers are gone
+
+
+REPAIRING_EXAMPLES = [(before, rule, after, False) for before, rule, after, _ in WORKED_EXAMPLES if rule != "stalled"] + [
+    ((10, 1, 1, 3, 2), "stalled_failed", (10, 0, 0, 3, 7), True)]
+
+
+@pytest.mark.parametrize(("before", "rule", "after", "fail_stalled"), REPAIRING_EXAMPLES,
+                         ids=[f"{rule}-{'-'.join(map(str, b))}" for b, rule, _, _ in REPAIRING_EXAMPLES])
+def test_a_repair_writes_only_the_columns_of_its_rule(before, rule, after, fail_stalled):
+    batch = make_batch(before, idle=timedelta(hours=7), lock_held_for=timedelta(minutes=10))
+    columns = {f.column for f in GenerationStatus._meta.concrete_fields}
+    assert RULE_COLUMNS[rule] < columns
+    with updates_of_columns_fail(sorted(columns - RULE_COLUMNS[rule])):
+        report, code = run_command(*(["--fail-stalled-after", "6h"] if fail_stalled else []))
+    assert (code, report["errors"]) == (0, [])
+    assert report["statuses"]["by_rule"][rule] == 1
+    assert counters_of(batch) == Counters(*after)
 
 
 def test_filters_by_account_and_content_type():

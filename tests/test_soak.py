@@ -33,7 +33,8 @@ from generation.rules import Counters
 
 from .simulator import Simulator, conninfo_from_django
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+# ~60 s of simulated traffic; the timeout leaves room for a slow machine (pyproject sets 120 s for the rest)
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 STUCK_AFTER = timedelta(seconds=1)
