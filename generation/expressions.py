@@ -134,6 +134,11 @@ def stuck(cutoff: datetime) -> Q:
     return in_progress() & idle_since_before(cutoff)
 
 
+def moving(cutoff: datetime) -> Q:
+    """In progress and updated since the cutoff: a batch still moving (the stuck window's complement)."""
+    return in_progress() & Q(updated_at__gte=cutoff)
+
+
 def expired(cutoff: datetime) -> Q:
     """A lock held since before the cutoff."""
     return Q(locked_at__lt=cutoff)

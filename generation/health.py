@@ -2,6 +2,7 @@
 the size of the tables. The read side: counts come from expressions.py's forms of the rules.
 """
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -17,7 +18,7 @@ from .conf import JobSettings
 from .db import database_now
 from .models import CleanupRun, GenerationLock, GenerationStatus, Outcome, RecordRule, RepairRecord, RunKind, Trigger
 from .report import format_duration
-from .selectors import diagnosis
+from .selectors import stuck_groups
 
 # Runs that stand for the scheduled job being alive: an admin action repairs hand-picked rows only.
 JOB_TRIGGERS = (Trigger.CRON, Trigger.COMMAND)
@@ -35,26 +36,28 @@ CHART_COLOURS = {
 }
 
 
-def job_runs():
-    """The runs of the scheduled job itself: not undo runs, not the admin's repairs of selected rows."""
-    return CleanupRun.objects.filter(kind=RunKind.CLEANUP, trigger__in=JOB_TRIGGERS, dry_run=False)
+def job_runs(runs=None):
+    """The runs of the scheduled job itself (cron, command): not undo runs, not dry runs, not the admin's
+    repairs of selected rows."""
+    runs = CleanupRun.objects.all() if runs is None else runs
+    return runs.filter(kind=RunKind.CLEANUP, trigger__in=JOB_TRIGGERS, dry_run=False)
 
 
 def stuck_by_rule(*, now: datetime, job: JobSettings) -> dict:
     """Stuck batches now, by the rule that applies (rules.STUCK_RULES order), as the admin's list judges them."""
-    counts = dict(
-        GenerationStatus.objects.filter(ex.stuck(now - job.stuck_after))
-        .annotate(verdict=diagnosis(now=now, stuck_after=job.stuck_after).verdict())
-        .values_list("verdict").annotate(n=Count("id")).order_by()
-    )
-    return {rule: counts.get(rule.value, 0) for rule in rules.STUCK_RULES}
+    counts = Counter()
+    for (_content_type, verdict), (n, _oldest) in stuck_groups(now=now, stuck_after=job.stuck_after).items():
+        counts[verdict] += n
+    return {rule: counts[rule.value] for rule in rules.STUCK_RULES}
 
 
-def expired_locks(*, now: datetime, job: JobSettings) -> tuple[int, int]:
-    """Expired locks now, and how many of them belong to a batch still moving (in progress, within its window)."""
+def expired_locks(*, now: datetime, job: JobSettings):
+    """Locks held longer than the TTL, and those of them whose batch is still moving (in progress and updated
+    within the stuck window: generations that take longer than the TTL), as querysets: the health page counts
+    them, the metrics count them by content type."""
     expired = GenerationLock.objects.filter(ex.expired(now - job.lock_ttl))
-    moving = GenerationStatus.objects.filter(ex.in_progress(), updated_at__gte=now - job.stuck_after)
-    return expired.count(), expired.filter(lock_id__in=moving.values("lock_id")).count()
+    moving = GenerationStatus.objects.filter(ex.moving(now - job.stuck_after))
+    return expired, expired.filter(lock_id__in=moving.values("lock_id"))
 
 
 def schedule_interval(schedule: str, *, start: datetime, horizon: timedelta = timedelta(days=8),
@@ -142,14 +145,14 @@ def overview(*, job: JobSettings) -> Health:
     now = database_now()
     report = Health(now=now, job=job)
     report.stuck_by_rule = stuck_by_rule(now=now, job=job)
-    report.expired_locks, report.expired_locks_of_active_batches = expired_locks(now=now, job=job)
+    expired, of_moving_batches = expired_locks(now=now, job=job)
+    report.expired_locks, report.expired_locks_of_active_batches = expired.count(), of_moving_batches.count()
 
     runs = CleanupRun.objects.select_related("actor")
     report.last_run = runs.filter(kind=RunKind.CLEANUP).order_by("-started_at", "-id").first()
     # "Successful" for the schedule's sake: the job ran to the end. A run that found corrupt batches ends with
     # outcome `errors` every time until someone fixes them by hand; that is a finding, not a dead schedule.
-    report.last_completed = (job_runs().select_related("actor")
-                             .filter(outcome__in=(Outcome.OK, Outcome.ERRORS), finished_at__isnull=False)
+    report.last_completed = (job_runs(runs).filter(outcome__in=(Outcome.OK, Outcome.ERRORS), finished_at__isnull=False)
                              .order_by("-finished_at", "-id").first())
 
     try:

@@ -4,7 +4,7 @@ nothing here spells a rule (each comes from expressions.py).
 
 from datetime import datetime, timedelta
 
-from django.db.models import Q, Value
+from django.db.models import Count, Min, Q, Value
 
 from . import expressions as ex
 from .models import GenerationStatus, RepairRecord
@@ -39,6 +39,15 @@ def filter_stuck(queryset, *, now: datetime, stuck_after: timedelta, rule: str |
     if rule is not None:
         queryset = queryset.filter(diagnosis(now=now, stuck_after=stuck_after).of(rule))
     return queryset
+
+
+def stuck_groups(*, now: datetime, stuck_after: timedelta) -> dict:
+    """Stuck batches by (content type, verdict): their count and the oldest one's updated_at. One scan of the
+    in-progress index whatever the size of the table; the health page and the metrics both read this."""
+    rows = (filter_stuck(GenerationStatus.objects.all(), now=now, stuck_after=stuck_after)
+            .annotate(verdict=diagnosis(now=now, stuck_after=stuck_after).verdict())
+            .values_list("content_type", "verdict").annotate(n=Count("id"), oldest=Min("updated_at")).order_by())
+    return {(content_type, verdict): (n, oldest) for content_type, verdict, n, oldest in rows}
 
 
 def filter_not_stuck(queryset, *, now: datetime, stuck_after: timedelta):

@@ -566,6 +566,11 @@ RUN_BY = {
     "kubectl apply -f deploy/kubernetes/web-service.yaml": NO_CLUSTER,
     "kubectl rollout status deployment/butter-admin-web --timeout=5m": NO_CLUSTER,
     "kubectl exec -it deploy/butter-admin-web -- python manage.py setup_roles --user alice --role repairer": NO_CLUSTER,
+    # the same request to the real server, and the same promtool runs, in the monitoring tests
+    "curl -s -H \"Authorization: Bearer $METRICS_TOKEN\" https://admin.example.com/metrics | grep "
+    "'^butter_generation_stuck_batches'": "tests/test_monitoring_e2e.py::test_prometheus_reads_the_stuck_count_and_the_pushed_run",
+    "promtool check rules deploy/prometheus/alerts.yml": "tests/test_alerts.py::test_the_rules_pass_promtool_check",
+    "promtool test rules deploy/prometheus/alerts.test.yml": "tests/test_alerts.py::test_the_rules_pass_their_unit_tests",
 }
 
 

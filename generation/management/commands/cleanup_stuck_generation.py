@@ -6,7 +6,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 from django.db import InterfaceError, OperationalError
 
-from generation import services
+from generation import monitoring, services
 from generation.conf import job_settings, parse_duration, parse_positive_int
 from generation.db import ConnectionLost, database_name
 from generation.models import ContentType, Outcome, Trigger
@@ -84,20 +84,23 @@ class Command(BaseCommand):
             self.stdout.write(_start_line(job, scope, dry_run=options["dry_run"]))
 
         progress = None
-        try:
-            # inside the try: counting the backlog for the bar is the first query of the run
-            progress = None if as_json else self._progress_bar(job, scope)
-            on_page = None if as_json else self._page_printer(verbosity, progress)
-            report = services.cleanup(job=job, dry_run=options["dry_run"], trigger=Trigger.COMMAND, on_page=on_page,
-                                      **scope)
-        except ConnectionLost as exc:
-            raise CommandError(f"cleanup aborted: {exc}", returncode=1) from None
-        except (OperationalError, InterfaceError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CommandError(f"cannot reach the {database_name()}: {first_line}", returncode=1) from None
-        finally:
-            if progress is not None:
-                progress.close()
+        # heartbeat, textfile, Pushgateway (each if configured); a dry run is not the job running
+        with monitoring.job_run(enabled=not options["dry_run"]) as run:
+            try:
+                # inside the try: counting the backlog for the bar is the first query of the run
+                progress = None if as_json else self._progress_bar(job, scope)
+                on_page = None if as_json else self._page_printer(verbosity, progress)
+                report = services.cleanup(job=job, dry_run=options["dry_run"], trigger=Trigger.COMMAND,
+                                          on_page=on_page, **scope)
+            except ConnectionLost as exc:
+                raise CommandError(f"cleanup aborted: {exc}", returncode=1) from None
+            except (OperationalError, InterfaceError) as exc:
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CommandError(f"cannot reach the {database_name()}: {first_line}", returncode=1) from None
+            finally:
+                if progress is not None:
+                    progress.close()
+            run.finished(report)
 
         if as_json:
             self.stdout.write(json.dumps(report.as_dict(), default=str))
