@@ -30,7 +30,7 @@ from . import rules
 from .logging import log_events
 from .models import GenerationLock, GenerationStatus, RecordKind, RecordRule
 from .results import CleanupReport, LockDetail, LockTotals, StatusDetail, StatusTotals, keep
-from .rules import COUNTER_FIELDS, Rule
+from .rules import COUNTER_FIELDS, FINISHING, Rule
 from .runlog import Record, save_records
 
 logger = logging.getLogger("generation.services")
@@ -186,13 +186,15 @@ def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor) -> P
     rows = list(rows if dry_run else rows.select_for_update(skip_locked=True, of=("self",)))
     totals.skipped_busy = len(ids) - len(rows)
     to_write = defaultdict(list)  # rule -> ids
+    repaired = []  # the rows the page writes
     finished_locks = {}  # lock_id -> id of the batch this page finishes
     for row in rows:
         verdict = row[VERDICT]
         if verdict in status_pass.applies:
             to_write[verdict].append(row[ID])
-            totals.by_rule[Rule(verdict)] += 1
-            if verdict in rules.FINISHING and row[LOCK_ID]:
+            repaired.append(row)
+            totals.by_rule[verdict] += 1  # a Rule is its str: the Counter finds it under either
+            if verdict in FINISHING and row[LOCK_ID]:
                 finished_locks[row[LOCK_ID]] = row[ID]
         elif verdict == Rule.CORRUPT and status_pass.reports:
             totals.corrupt += 1
@@ -216,7 +218,7 @@ def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor) -> P
                 ex.any_of("lock_id", finished_locks)).values_list("lock_id", flat=True)}
     elif to_write:
         _write(to_write, status_pass)
-        page.released = _release_and_record(rows, to_write, finished_locks, run, actor)
+        page.released = _release_and_record(repaired, finished_locks, run, actor)
         page.applied = True
     totals.locks_released = len(page.released)
     _log_status_page(page, dry_run)
@@ -232,13 +234,12 @@ def _write(to_write: dict, status_pass: StatusPass):
             raise PageChanged(f"{len(ids) - written} of {len(ids)} {rule} batches changed during the page")
 
 
-def _release_and_record(rows, to_write: dict, finished_locks: dict, run, actor) -> dict:
+def _release_and_record(repaired, finished_locks: dict, run, actor) -> dict:
     """Delete the finished batches' locks and record every change of the page (one COPY); returns the released
     lock ids, each with its batch."""
-    actor_id = actor.pk if actor else None
-    written = {batch_id for ids in to_write.values() for batch_id in ids}
-    records = [Record(run.pk, RecordKind.STATUS.value, row[ID], row[ACCOUNT], row[TYPE], row[VERDICT], row[BEFORE],
-                      row[AFTER], actor_id) for row in rows if row[ID] in written]
+    run_id, kind, actor_id = run.pk, RecordKind.STATUS.value, actor.pk if actor else None
+    records = [Record(run_id, kind, row[ID], row[ACCOUNT], row[TYPE], row[VERDICT], row[BEFORE], row[AFTER], actor_id)
+               for row in repaired]
     released, events = {}, []
     if finished_locks:
         # not SKIP LOCKED: the lock must go with its batch; a lock held by another transaction waits up to
@@ -259,9 +260,13 @@ def _release_and_record(rows, to_write: dict, finished_locks: dict, run, actor) 
 
 def _log_status_page(page: Page, dry_run: bool):
     """One event line per batch (repair, stalled, corrupt, left_alone), written as one log record per level."""
-    info, errors = [], []
+    if not logger.isEnabledFor(logging.ERROR):
+        return
+    info, errors, verbose = [], [], logger.isEnabledFor(logging.INFO)
     for row in page.rows:
         verdict = row[VERDICT]
+        if not verbose and verdict != Rule.CORRUPT:
+            continue
         fields = {"dry_run": dry_run, "id": row[ID], "account_id": row[ACCOUNT], "content_type": row[TYPE],
                   "rule": verdict, "status": row[STATUS], "idle_s": seconds(row[IDLE]), "counters": _counters(row)}
         if row[ID] in page.left_alone:

@@ -183,7 +183,8 @@ def cleanup(*, job: JobSettings, dry_run: bool = False, accounts: list[int] | No
 
 
 def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> set:
-    """Repair the stuck batches; returns the lock ids released with them (a dry run's: would be)."""
+    """Repair the stuck batches. A dry run returns the lock ids it would release with them, so that its lock
+    pass does not count them again (a real run has deleted them); a real run keeps none (memory stays flat)."""
     try:
         with bounded_transaction(job.lock_timeout, job.statement_timeout):
             _report_anomalies(report, accounts=accounts, content_types=content_types)
@@ -199,7 +200,7 @@ def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> s
     for ids in _pages(report, report.statuses, "status pages", job, candidates):
         page = _run_page(report, report.statuses, f"status page #{ids[0]}..#{ids[-1]}", job, lambda ids=ids: (
             status_page(ids, judged, dry_run=report.dry_run, run=run, actor=actor)))
-        if page:
+        if page and report.dry_run:
             released.update(page.released)
         if on_page:
             on_page("statuses", page.status_details() if page else [])
@@ -212,7 +213,7 @@ def _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page
     for ids in _pages(report, report.locks, "lock pages", job, candidates):
         page = _run_page(report, report.locks, f"lock page #{ids[0]}..#{ids[-1]}", job, lambda ids=ids: (
             lock_page(ids, judged, dry_run=report.dry_run, run=run, actor=actor,
-                      released=released if report.dry_run else frozenset())))
+                      released=released)))
         if on_page:
             on_page("locks", page.lock_details() if page else [])
 
