@@ -90,7 +90,7 @@ def _run_page(report, totals, what, job: JobSettings, work) -> Page | None:
     """One page = one transaction. A page that fails is rolled back, reported and left for the next run;
     the run goes on, unless the connection itself is gone (ConnectionLost)."""
     try:
-        with bounded_transaction(job.lock_timeout, job.statement_timeout):
+        with bounded_transaction(job.lock_timeout, job.statement_timeout, flush=False):
             page = work()
     except ConnectionLost:
         raise
