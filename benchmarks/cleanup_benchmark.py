@@ -203,6 +203,45 @@ def measure_reference(database) -> Measure:
     return Measure(wall, repaired, extra=result)
 
 
+BACKEND_TABLES = ("account_generation_status", "account_generation_locks")
+
+
+def backend_rows_read(database):
+    """Rows read so far from the backend's tables (sequential and through indexes), as the statistics
+    collector has them: a process's counts are flushed when it exits."""
+    with psycopg.connect(database_url(database)) as conn:
+        return sum(n for (n,) in conn.execute(
+            "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables "
+            "WHERE relname = ANY(%s)", [list(BACKEND_TABLES)]))
+
+
+def measure_scrape(database, label):
+    """One /metrics scrape's database work (benchmarks/scrape.py, a process of its own): wall and database
+    time, rows read from each table."""
+    _, _, _, out = run_process(["benchmarks/scrape.py", "--runs", "20"], database, label)
+    return json.loads(out)
+
+
+def measure_scrapes(dbs, templates, quiet_large, backlog):
+    """The scrape on the quiet table (with no history, and with a year of it), on the backlog, and the rows
+    the quiet cleanup run reads, to compare with."""
+    scrapes = {}
+    with fresh_copy(dbs, templates[quiet_large]) as database:
+        before = backend_rows_read(database)
+        measure_command(database, label="command_quiet_rows")
+        cleanup_rows = backend_rows_read(database) - before
+        scrapes["quiet"] = measure_scrape(database, "scrape_quiet")
+        with psycopg.connect(database_url(database), autocommit=True) as conn:
+            conn.execute(dataset.RUN_HISTORY_SQL, {"runs": dataset.YEAR_OF_RUNS})
+            conn.execute("VACUUM ANALYZE generation_cleanuprun")
+        scrapes["quiet_year_of_runs"] = measure_scrape(database, "scrape_quiet_history")
+    with fresh_copy(dbs, templates[backlog]) as database:
+        scrapes["backlog"] = measure_scrape(database, "scrape_backlog")
+    for label, scrape in scrapes.items():
+        log(f"scrape {label}: {scrape['wall_ms']:.1f} ms wall, {scrape['db_ms']:.1f} ms database, rows {scrape['rows']}")
+    return {"scrapes": scrapes, "quiet_cleanup_rows": cleanup_rows}
+
+
 def state(database):
     with psycopg.connect(database_url(database)) as conn:
         digest = conn.execute(STATE_DIGEST_SQL).fetchone()
@@ -356,6 +395,7 @@ def mode_run(args, dbs):
         later_page = explain(database, after_candidates=args.backlog // 2)
     with fresh_copy(dbs, templates[quiet_large]) as database:
         quiet_page = explain(database)
+    scrape = measure_scrapes(dbs, templates, quiet_large, backlog)
 
     s = {name: summary(samples) for name, samples in results.items()}
     q = {name: summary(samples) for name, samples in quiet.items()}
@@ -366,7 +406,7 @@ def mode_run(args, dbs):
             "watch": {"transactions": len(watch.transactions),
                       "longest_s": max(watch.transactions.values(), default=0),
                       "pages": watched.extra},
-            "explain": {"first": first_page, "later": later_page, "quiet": quiet_page}}
+            "explain": {"first": first_page, "later": later_page, "quiet": quiet_page}, "scrape": scrape}
     if args.save:
         Path(args.save).write_text(json.dumps(data, indent=1, default=str))
     print_run_report(data, args)
@@ -411,6 +451,23 @@ def print_run_report(data, args):
     print(f"| no transaction holds row locks for more than one batch | {watch['transactions']} writing "
           f"transactions seen for ~{pages} pages, longest {watch['longest_s'] * 1000:.0f} ms | "
           f"{yes(watch['transactions'] >= pages * 0.9)} |")
+    scrape = data["scrape"]
+    quiet_scrape = scrape["scrapes"]["quiet"]
+    scraped_rows = sum(quiet_scrape["rows"][table] for table in BACKEND_TABLES)
+    print(f"| a /metrics scrape of the quiet {shape['rows']:,} rows < 100 ms of database time | "
+          f"{quiet_scrape['db_ms']:.1f} ms | {yes(quiet_scrape['db_ms'] < 100)} |")
+    print(f"| ... reading no more of the backend's rows than the quiet cleanup run | {scraped_rows:,} rows "
+          f"(the run: {scrape['quiet_cleanup_rows']:,}) | {yes(scraped_rows <= scrape['quiet_cleanup_rows'])} |")
+    print("\n/metrics scrape (generation.metrics.read_state; median of 20 reads, database time from EXPLAIN ANALYZE):\n")
+    print("| data | wall time | database time | queries | rows read: statuses, locks, run history, audit records |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for label, title in (("quiet", f"quiet, {shape['rows']:,} rows, nothing stuck"),
+                         ("quiet_year_of_runs", "the same with a year of run history (17,520 runs)"),
+                         ("backlog", f"{shape['backlog']:,} stuck of {shape['rows']:,}")):
+        r = scrape["scrapes"][label]
+        rows = ", ".join(f"{r['rows'][table]:,}" for table in ("account_generation_status", "account_generation_locks",
+                                                              "generation_cleanuprun", "generation_repairrecord"))
+        print(f"| {title} | {r['wall_ms']:.1f} ms | {r['db_ms']:.1f} ms | {r['queries']} | {rows} |")
     print(f"\nSame end state (counters, statuses, whether completed_at is set, remaining locks) for "
           f"{', '.join(data['states'])}: {'yes' if data['identical'] else 'NO'}\n")
     for name, st in data["states"].items():

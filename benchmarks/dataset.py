@@ -18,7 +18,7 @@ and held for 5 hours (expired for the default 3 hour TTL), the others taken with
 Stuck batch number s names lock s % locks + 1, so the finishing rules release some of them.
 """
 
-# (rule the row should hit, status, T, Q, P, C, F): the worked examples of spec/repair-rules.md,
+# (rule the row should hit, status, T, Q, P, C, F): the worked examples of docs/contract.md,
 # chosen so every combination of changed columns the engine groups by occurs.
 STUCK_KINDS = [
     ("all_accounted", "processing", 10, 0, 0, 10, 0),
@@ -112,3 +112,16 @@ def fill(conn, *, rows: int, backlog: int, in_flight: int, locks: int, expired_l
         conn.execute("VACUUM ANALYZE account_generation_locks")
     finally:
         conn.autocommit = autocommit
+
+
+# The job's run history: one finished cron run every 30 minutes going back `runs` runs (17,520 is a year at
+# the default schedule), a few repairs and lock removals on each: what the scrape's run queries read.
+RUN_HISTORY_SQL = """
+INSERT INTO generation_cleanuprun (started_at, finished_at, trigger, dry_run, filters, host, examined,
+    repaired_all_accounted, repaired_no_active_tasks, repaired_counter_overflow, repaired_stalled_failed, stalled,
+    corrupt, skipped_busy, locks_expired, locks_removed, locks_released, outcome, error)
+SELECT now() - i * interval '30 minutes', now() - i * interval '30 minutes' + interval '2 seconds', 'cron', false,
+       '{}', 'bench', i %% 5, i %% 3, i %% 2, 0, 0, 0, 0, 0, i %% 2, i %% 2, i %% 3, 'ok', ''
+FROM generate_series(1, %(runs)s) AS i
+"""
+YEAR_OF_RUNS = 17_520

@@ -1,6 +1,6 @@
 """The reference: the same repairs as one SQL statement per table, the practical limit of the database.
 
-Applies the rules of spec/repair-rules.md that change rows with the default settings
+Applies the rules of docs/contract.md that change rows with the default settings
 (all_accounted, no_active_tasks, counter_overflow; stalled and corrupt rows are left alone, as
 the command leaves them), releases the finished batches' locks, deletes expired locks, and
 writes the same audit rows (generation_repairrecord, with before/after as JSON) as the command,
@@ -20,10 +20,10 @@ LOCK_SNAPSHOT = """jsonb_build_object(
     'locked_at', locked_at, 'created_at', created_at)"""
 
 START_RUN_SQL = """
-INSERT INTO generation_cleanuprun (started_at, trigger, dry_run, stuck_after, lock_ttl, filters, host, examined,
+INSERT INTO generation_cleanuprun (started_at, kind, trigger, dry_run, stuck_after, lock_ttl, filters, host, examined,
     repaired_all_accounted, repaired_no_active_tasks, repaired_counter_overflow, repaired_stalled_failed, stalled,
     corrupt, skipped_busy, locks_expired, locks_removed, locks_released, outcome, error)
-VALUES (now(), 'command', false, %(stuck_after)s, %(lock_ttl)s, '{}', 'reference-sql', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+VALUES (now(), 'cleanup', 'command', false, %(stuck_after)s, %(lock_ttl)s, '{}', 'reference-sql', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         0, 'ok', '')
 RETURNING id
 """

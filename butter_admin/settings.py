@@ -232,6 +232,17 @@ CLEANUP_SCHEDULE = env.str("CLEANUP_SCHEDULE", default="*/30 * * * *")
 # the project root (an absolute path stays as it is).
 CLEANUP_LOG_FILE = str(BASE_DIR / env.str("CLEANUP_LOG_FILE", default="logs/cleanup.log"))
 
+# --- Monitoring (README "Monitoring"; generation.conf parses and checks these) ---
+# /metrics: readable with `Authorization: Bearer $METRICS_TOKEN` (empty: staff sessions only).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_STATEMENT_TIMEOUT = env.str("METRICS_STATEMENT_TIMEOUT", default="5s")
+# What each job run reports, each optional: a node exporter textfile, a Pushgateway, a heartbeat URL.
+CLEANUP_METRICS_TEXTFILE = env.str("CLEANUP_METRICS_TEXTFILE", default="")
+CLEANUP_PUSHGATEWAY_URL = env.str("CLEANUP_PUSHGATEWAY_URL", default="")
+CLEANUP_HEARTBEAT_URL = env.str("CLEANUP_HEARTBEAT_URL", default="")
+CLEANUP_MONITORING_TIMEOUT = env.str("CLEANUP_MONITORING_TIMEOUT", default="5s")
+CLEANUP_METRICS_INSTANCE = env.str("CLEANUP_METRICS_INSTANCE", default="")  # empty: the host name
+
 # --- The schedule (django-crontab; docs/operations.md, "Via cron") ---------
 # `manage.py crontab add` (make cron-install) writes one line into the user's crontab:
 #   SCHEDULE mkdir -p LOGDIR && [ENV_FILE=...] PYTHON MANAGE_PY crontab run HASH --settings=M >> LOG 2>&1 # COMMENT

@@ -4,15 +4,24 @@ settings.py keeps what the operator wrote (strings from the environment);
 `job_settings()` turns them into typed values or raises ImproperlyConfigured
 with one line naming the variable and the bad value. The system checks call
 it, so `manage.py check` and every command refuse bad values at start-up.
+
+Each entry point (the command, cron, an admin request) reads them once and
+passes the one JobSettings value down; the parse is cached, and the cache is
+dropped when a test changes Django's settings.
 """
 
-from dataclasses import dataclass
+import functools
+import socket
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from pytimeparse2 import parse as parse_timespan
 
 DURATION_HINT = "use e.g. 90m, 3h, 1h30m, 45s or plain seconds"
@@ -71,6 +80,10 @@ class JobSettings:
     schedule: str
     log_file: Path
 
+    def overridden(self, **values) -> "JobSettings":
+        """These settings with some replaced (the command's options); a None value leaves a setting as it is."""
+        return replace(self, **{name: value for name, value in values.items() if value is not None})
+
 
 # (setting name, JobSettings field, parser, may be empty)
 _SETTINGS = [
@@ -84,20 +97,27 @@ _SETTINGS = [
 ]
 
 
-def _parsed(name, parse, optional):
+def _parsed(name, parse, optional, secret=False):
     raw = getattr(settings, name)
     if optional and (raw is None or str(raw).strip() == ""):
         return None
     try:
         return parse(raw)
     except ValueError as exc:
-        raise ImproperlyConfigured(f"{name}={raw!r} {exc}") from None
+        # a token or a URL with a capability or a password in it is never echoed
+        raise ImproperlyConfigured(f"{name} {exc}" if secret else f"{name}={raw!r} {exc}") from None
 
 
+@functools.cache
 def job_settings() -> JobSettings:
     """The parsed settings; ImproperlyConfigured (one line) on the first bad one."""
     values = {field: _parsed(name, parse, optional) for name, field, parse, optional in _SETTINGS}
     return JobSettings(**values, log_file=Path(settings.CLEANUP_LOG_FILE))
+
+
+@receiver(setting_changed)
+def _settings_changed(**kwargs):
+    job_settings.cache_clear()
 
 
 def settings_errors() -> list[str]:
@@ -108,6 +128,94 @@ def settings_errors() -> list[str]:
             _parsed(name, parse, optional)
         except ImproperlyConfigured as exc:
             errors.append(str(exc))
+    for name, _field, parse, optional, secret in _MONITORING_SETTINGS:
+        try:
+            _parsed(name, parse, optional, secret)
+        except ImproperlyConfigured as exc:
+            errors.append(str(exc))
     if settings.LOG_FORMAT not in ("text", "json"):
         errors.append(f"LOG_FORMAT={settings.LOG_FORMAT!r} must be 'text' or 'json'")
     return errors
+
+
+# --- Monitoring: the /metrics endpoint, and what each job run reports (README, "Monitoring") ----
+
+# A scrape or a notification that takes longer than this is not worth waiting for.
+MAX_MONITORING_TIMEOUT = timedelta(seconds=60)
+MIN_TOKEN_LENGTH = 16
+
+
+def parse_short_duration(text: str) -> timedelta:
+    value = parse_duration(text)
+    if value > MAX_MONITORING_TIMEOUT:
+        raise ValueError(f"is longer than {int(MAX_MONITORING_TIMEOUT.total_seconds())}s")
+    return value
+
+
+def parse_http_url(text: str) -> str:
+    url = str(text).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("is not an http:// or https:// URL")
+    return url
+
+
+def parse_token(text: str) -> str:
+    token = str(text).strip()
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"is shorter than {MIN_TOKEN_LENGTH} characters "
+                         "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ValueError("must be printable ASCII without spaces (it is sent in an HTTP header)")
+    return token
+
+
+def parse_textfile(text: str) -> Path:
+    path = Path(str(text).strip())
+    if path.suffix != ".prom":
+        raise ValueError("must end in .prom (the node exporter's textfile collector reads only those)")
+    # like CLEANUP_LOG_FILE: a relative path is taken from the project root, not cron's $HOME
+    return path if path.is_absolute() else Path(settings.BASE_DIR) / path
+
+
+def parse_label_value(text: str) -> str:
+    value = str(text).strip()
+    if not value.isprintable() or len(value) > 200:
+        raise ValueError("must be printable and at most 200 characters")
+    return value
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    metrics_token: str | None  # None: only staff sessions may read /metrics
+    metrics_statement_timeout: timedelta
+    textfile: Path | None
+    pushgateway_url: str | None
+    heartbeat_url: str | None
+    timeout: timedelta  # each push and each heartbeat ping
+    instance: str  # the Pushgateway grouping key's `instance`
+
+    @property
+    def reports_runs(self) -> bool:
+        """Whether a job run has anywhere to report to."""
+        return bool(self.textfile or self.pushgateway_url or self.heartbeat_url)
+
+
+# (setting name, MonitoringSettings field, parser, may be empty, never echo the value)
+_MONITORING_SETTINGS = [
+    ("METRICS_TOKEN", "metrics_token", parse_token, True, True),
+    ("METRICS_STATEMENT_TIMEOUT", "metrics_statement_timeout", parse_short_duration, False, False),
+    ("CLEANUP_METRICS_TEXTFILE", "textfile", parse_textfile, True, False),
+    ("CLEANUP_PUSHGATEWAY_URL", "pushgateway_url", parse_http_url, True, True),
+    ("CLEANUP_HEARTBEAT_URL", "heartbeat_url", parse_http_url, True, True),
+    ("CLEANUP_MONITORING_TIMEOUT", "timeout", parse_short_duration, False, False),
+    ("CLEANUP_METRICS_INSTANCE", "instance", parse_label_value, True, False),
+]
+
+
+def monitoring_settings() -> MonitoringSettings:
+    """The parsed monitoring settings; ImproperlyConfigured (one line) on the first bad one."""
+    values = {field: _parsed(name, parse, optional, secret)
+              for name, field, parse, optional, secret in _MONITORING_SETTINGS}
+    values["instance"] = values["instance"] or socket.gethostname()
+    return MonitoringSettings(**values)

@@ -16,34 +16,38 @@ from pathlib import Path
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from . import services
+from . import monitoring, services
 from .conf import job_settings
+from .db import ConnectionLost, database_name, one_line
 from .models import Trigger
 from .report import format_summary
 
 logger = logging.getLogger(__name__)
 
 # The database unreachable or lost mid-run: operational, not a bug.
-EXPECTED_FAILURES = (OperationalError, InterfaceError, services.CleanupAborted)
+EXPECTED_FAILURES = (OperationalError, InterfaceError, ConnectionLost)
 
 
 def run_cleanup():
     """One scheduled run: the same service as the command, with trigger `cron`."""
-    try:
-        log_file = job_settings().log_file
-        report = services.cleanup_from_settings(trigger=Trigger.CRON)
-    except Exception as exc:
-        error = f"cleanup failed on {services.database_name()}: {type(exc).__name__}: {services.one_line(exc)}"
-        logger.error("cron_failed", extra={"fields": {"error": error}})
-        # the raw setting, not job_settings(): a bad setting must not hide its own error
-        _append(Path(settings.CLEANUP_LOG_FILE), [f"ERROR: {error}"])
-        if isinstance(exc, EXPECTED_FAILURES):
-            return None  # the line says it all; a traceback every 30 minutes of an outage would bury it
-        raise  # a bug: the runner prints the traceback on stderr, which the crontab line appends to the log
+    with monitoring.job_run() as run:  # heartbeat, textfile, Pushgateway: each if configured
+        try:
+            job = job_settings()
+            report = services.cleanup(job=job, trigger=Trigger.CRON)
+        except Exception as exc:
+            error = f"cleanup failed on {database_name()}: {type(exc).__name__}: {one_line(exc)}"
+            run.failed(error)
+            logger.error("cron_failed", extra={"fields": {"error": error}})
+            # the raw setting, not job_settings(): a bad setting must not hide its own error
+            _append(Path(settings.CLEANUP_LOG_FILE), [f"ERROR: {error}"])
+            if isinstance(exc, EXPECTED_FAILURES):
+                return None  # the line says it all; a traceback every 30 minutes of an outage would bury it
+            raise  # a bug: the runner prints the traceback on stderr, which the crontab line appends to the log
+        run.finished(report)
     lines = format_summary(report)
     level = logging.WARNING if report.errors else logging.INFO
     logger.log(level, "cron_summary", extra={"fields": {"run_id": report.run_id, "summary": lines[0]}})
-    _append(log_file, lines)
+    _append(job.log_file, lines)
     return report
 
 

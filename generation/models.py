@@ -1,6 +1,6 @@
 """The two tables owned by the Go backend, mirrored exactly, and this project's audit tables.
 
-The mirrored tables are described in ../shared/spec/repair-rules.md. Their
+The mirrored tables are described in docs/contract.md. Their
 migration (0001_initial) must keep the shape the backend created, so that an
 existing database can be adopted with `migrate --fake-initial`. Notes on the
 mapping:
@@ -18,6 +18,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models.functions import Now
 
+from . import rules
+
 
 class ContentType(models.TextChoices):
     VIDEO = "video", "video"
@@ -25,16 +27,12 @@ class ContentType(models.TextChoices):
     SLIDESHOW = "slideshow", "slideshow"
 
 
-class Status(models.TextChoices):
-    QUEUING = "queuing", "queuing"
-    PROCESSING = "processing", "processing"
-    COMPLETED = "completed", "completed"
-    PARTIAL = "partial", "partial"
-    FAILED = "failed", "failed"
+def _choices(name, values):
+    """TextChoices whose values (and labels) are the rules' own constants: one vocabulary."""
+    return models.TextChoices(name, [(str(value).upper(), (str(value), str(value))) for value in values])
 
 
-IN_PROGRESS_STATUSES = (Status.QUEUING, Status.PROCESSING)
-KNOWN_STATUSES = tuple(Status.values)
+Status = _choices("Status", rules.KNOWN_STATUSES)
 
 
 class GenerationStatus(models.Model):
@@ -67,11 +65,13 @@ class GenerationStatus(models.Model):
             # updated_at: the backend sets it on every save, and an indexed updated_at would make all its
             # counter updates non-HOT (measured: docs/benchmarks.md, "Index choice").
             models.Index(
-                fields=["id"], name="agstatus_in_progress_idx", condition=models.Q(status__in=IN_PROGRESS_STATUSES),
+                fields=["id"], name="agstatus_in_progress_idx", condition=models.Q(status__in=rules.IN_PROGRESS),
             ),
             # 0004, the scan for statuses the contract does not name (reported, never repaired): empty
             # while the data is sane, and on status only, which the index above already involves.
-            models.Index(fields=["id"], name="agstatus_unknown_status_idx", condition=~models.Q(status__in=KNOWN_STATUSES)),
+            models.Index(
+                fields=["id"], name="agstatus_unknown_status_idx", condition=~models.Q(status__in=rules.KNOWN_STATUSES),
+            ),
         ]
         permissions = [("repair_generationstatus", "Can repair stuck generation statuses")]
 
@@ -114,6 +114,11 @@ class Trigger(models.TextChoices):
     ADMIN = "admin", "admin"
 
 
+class RunKind(models.TextChoices):
+    CLEANUP = "cleanup", "cleanup"  # the job, or an admin repair or release of selected rows
+    UNDO = "undo", "undo"  # undo_repair or the admin's undo: never the job's run
+
+
 class Outcome(models.TextChoices):
     OK = "ok", "ok"
     ERRORS = "errors", "errors"
@@ -121,11 +126,12 @@ class Outcome(models.TextChoices):
 
 
 class CleanupRun(models.Model):
-    """One run of the cleanup (command, cron or an admin action). Outcome is empty while it runs
-    and stays empty if the process died before finishing."""
+    """One run of the cleanup (command, cron or an admin action) or of an undo. Outcome is empty while it
+    runs and stays empty if the process died before finishing."""
 
     started_at = models.DateTimeField(db_default=Now())
     finished_at = models.DateTimeField(null=True, blank=True)
+    kind = models.CharField(max_length=10, choices=RunKind.choices, db_default=RunKind.CLEANUP)
     trigger = models.CharField(max_length=20, choices=Trigger.choices)
     dry_run = models.BooleanField(default=False)
     # parameters used
@@ -157,7 +163,7 @@ class CleanupRun(models.Model):
         indexes = [models.Index(fields=["trigger", "outcome", "-started_at"], name="cleanup_run_outcome_idx")]
 
     def __str__(self):
-        return f"run #{self.id} {self.trigger} {self.outcome or 'unfinished'}"
+        return f"{'undo' if self.kind == RunKind.UNDO else 'cleanup'} run #{self.id}"
 
     @property
     def repaired(self):
@@ -172,15 +178,9 @@ class RecordKind(models.TextChoices):
     LOCK = "lock", "generation lock"
 
 
-class RecordRule(models.TextChoices):
-    ALL_ACCOUNTED = "all_accounted", "all_accounted"
-    NO_ACTIVE_TASKS = "no_active_tasks", "no_active_tasks"
-    COUNTER_OVERFLOW = "counter_overflow", "counter_overflow"
-    STALLED_FAILED = "stalled_failed", "stalled_failed"
-    EXPIRED_LOCK = "expired_lock", "expired_lock"
-    RELEASED_WITH_BATCH = "released_with_batch", "released_with_batch"
-    RELEASED_BY_HAND = "released_by_hand", "released_by_hand"
-    UNDO = "undo", "undo"
+# Why a record was written: a status repair's Rule, or what happened to a lock, or an undo.
+RecordRule = _choices(
+    "RecordRule", [*rules.REPAIRS, "expired_lock", "released_with_batch", "released_by_hand", "undo"])
 
 
 class RepairRecord(models.Model):

@@ -1,9 +1,18 @@
-"""Human-readable lines for a CleanupReport: the command's output and the cron log use these."""
+"""All the wording: the command's lines, the cron log's, the undo command's, and the admin's messages.
 
+Plain functions from results (results.py, undo.UndoReport) to text; nothing here queries or decides.
+"""
+
+from collections import Counter
 from datetime import timedelta
 
+from django.contrib import messages
+from django.utils.translation import ngettext
+
 from . import rules
-from .services import COUNTER_FIELDS, CleanupReport, LockDetail, StatusDetail
+from .models import RecordKind
+from .results import CleanupReport, LockDetail, StatusDetail
+from .rules import COUNTERS_LABEL, counters_text
 
 
 def format_duration(value) -> str:
@@ -19,17 +28,13 @@ def format_duration(value) -> str:
     return "".join(parts[:2])
 
 
-def _counters(snapshot) -> str:
-    return "/".join("NULL" if snapshot[name] is None else str(snapshot[name]) for name in COUNTER_FIELDS)
-
-
 def format_status_line(detail: StatusDetail) -> str:
     b, a = detail.before, detail.after
     idle = f"idle {format_duration(detail.idle_s)}" if detail.idle_s is not None else "never updated"
-    head = f"#{detail.id} account {detail.account_id} {detail.content_type} {b['status']} T/Q/P/C/F {_counters(b)} {idle}"
+    head = f"#{detail.id} account {detail.account_id} {detail.content_type} {b['status']} {COUNTERS_LABEL} {counters_text(b)} {idle}"
     if detail.rule in rules.REPAIRS:
         verb = "repaired" if detail.applied else "would repair"
-        return f"  {verb} {head}: {detail.rule} -> {a['status']} {_counters(a)}"
+        return f"  {verb} {head}: {detail.rule} -> {a['status']} {counters_text(a)}"
     if detail.rule == rules.Rule.STALLED:
         return f"  stalled {head}: work in flight but no progress; reported, not changed"
     if detail.rule == rules.Rule.CORRUPT:
@@ -73,3 +78,137 @@ def format_summary(report: CleanupReport, *, verbosity: int = 1) -> list[str]:
     for error in report.errors:
         lines.append(f"ERROR: {error}")
     return lines
+
+
+# --- Undo -------------------------------------------------------------------------------------
+
+
+def record_subject(outcome) -> str:
+    """A repair record as undo lines and messages name it: "record #7 (counter_overflow of batch #3)"."""
+    if outcome.kind == RecordKind.STATUS:
+        return f"record #{outcome.record_id} ({outcome.rule} of batch #{outcome.target_id})"
+    if outcome.kind == RecordKind.LOCK:
+        return (f"record #{outcome.record_id} ({outcome.rule} of lock #{outcome.target_id}, account "
+                f"{outcome.account_id} {outcome.content_type})")
+    return f"record #{outcome.record_id}"
+
+
+def format_undo_outcome(outcome, *, dry_run: bool = False) -> str:
+    head = record_subject(outcome)
+    if outcome.refused:
+        return f"  REFUSED {head}: {outcome.reason}"
+    verb = "would undo" if dry_run else "undone"
+    tail = f"; recorded as #{outcome.undo_record_id}" if outcome.undo_record_id else ""
+    if outcome.kind == RecordKind.STATUS:
+        before, after = outcome.current, outcome.restored
+        return (f"  {verb} {head}: {COUNTERS_LABEL} {counters_text(before)} {before['status']} -> "
+                f"{counters_text(after)} {after['status']}{tail}")
+    return f"  {verb} {head}: lock {outcome.restored['lock_id']} taken again, locked at " \
+           f"{outcome.restored['locked_at']}{tail}"
+
+
+def format_undo_summary(report) -> str:
+    undone, refused, total = len(report.undone), len(report.refused), len(report.outcomes)
+    if report.dry_run:
+        return f"DRY RUN: would undo {undone}, would refuse {refused} of {total} records"
+    run = f", run #{report.run_id}" if report.run_id else ""
+    return f"Undo: {undone} undone, {refused} refused of {total} records{run}"
+
+
+# --- The admin's messages ------------------------------------------------------------------------
+
+
+NAMED_IN_MESSAGE = 10  # left-alone batches named by id in a message; the rest are counted
+REFUSALS_NAMED = 10  # refused records named in an undo's message; the run's page keeps them all
+
+
+def repair_message(report: CleanupReport) -> tuple[int, str]:
+    """(level, text) for a repair action, e.g. "3 generations repaired: 2 all_accounted, 1 no_active_tasks;
+    1 healthy, left alone (#12)". A row left alone is called what the list's diagnosis calls it. A dry run
+    (the confirmation page) says "to repair"."""
+    s = report.statuses
+    done = "to repair" if report.dry_run else "repaired"
+    if s.repaired:
+        head = ngettext("%(count)d generation %(done)s", "%(count)d generations %(done)s", s.repaired) % {
+            "count": s.repaired, "done": done}
+        head += ": " + ", ".join(f"{s.by_rule[rule]} {rule}" for rule in rules.REPAIRS if s.by_rule[rule])
+    else:
+        head = f"No generation {done}"
+    parts = [head]
+    if s.locks_released:
+        released = "to release" if report.dry_run else "released"
+        parts.append(ngettext("%(count)d lock %(done)s with its batch", "%(count)d locks %(done)s with their batches",
+                              s.locks_released) % {"count": s.locks_released, "done": released})
+    if s.stalled:
+        # without an age window (force) a batch with work in flight may just be running
+        parts.append(f"{s.stalled} stalled (work in flight, no progress), not changed" if report.cutoff else
+                     f"{s.stalled} with work in flight (stalled or running), not changed")
+    if s.corrupt:
+        parts.append(f"{s.corrupt} corrupt (negative or NULL counters), not changed: fix by hand")
+    left_alone = [detail for detail in s.details if detail.left_alone]
+    reasons = Counter(detail.rule for detail in left_alone)
+    for reason, count in reasons.items():
+        ids = [f"#{detail.id}" for detail in left_alone if detail.rule == reason]
+        named = ", ".join(ids[:NAMED_IN_MESSAGE]) + (", …" if len(ids) > NAMED_IN_MESSAGE else "")
+        parts.append(f"{count} {reason}, left alone ({named})")
+    unexplained = s.left_alone - sum(reasons.values())  # details are capped; the total is not
+    if unexplained > 0:
+        parts.append(f"{unexplained} more left alone")
+    if s.skipped_busy:
+        parts.append(ngettext("%(count)d busy or gone (a worker holds the row), skipped",
+                              "%(count)d busy or gone (a worker holds the rows), skipped",
+                              s.skipped_busy) % {"count": s.skipped_busy})
+    if s.failed_batches:
+        level = messages.ERROR
+    elif not s.repaired or s.corrupt:
+        level = messages.WARNING
+    else:
+        level = messages.SUCCESS
+    return level, "; ".join(parts)
+
+
+def release_message(report: CleanupReport) -> tuple[int, str]:
+    locks = report.locks
+    if locks.removed:
+        parts = [ngettext("%(count)d lock released", "%(count)d locks released", locks.removed) % {
+            "count": locks.removed}]
+    else:
+        parts = ["No lock released"]
+    if locks.skipped_busy:
+        parts.append(ngettext("%(count)d busy or already gone, skipped", "%(count)d busy or already gone, skipped",
+                              locks.skipped_busy) % {"count": locks.skipped_busy})
+    if locks.failed_batches:
+        level = messages.ERROR
+    else:
+        level = messages.SUCCESS if locks.removed else messages.WARNING
+    return level, "; ".join(parts)
+
+
+def undo_message(report, *, selected) -> tuple[int, str]:
+    """(level, text) for the undo action, e.g. "2 repairs undone (1 lock taken back with its batch); 1 refused:
+    record #7 (counter_overflow of batch #3): the row changed since the repair: ...". A dry run (the confirmation
+    page, which lists every refusal beside it) says "to undo" and only counts the refused."""
+    done = "to undo" if report.dry_run else "undone"
+    undone, refused = report.undone, report.refused
+    if undone:
+        head = ngettext("%(count)d repair %(done)s", "%(count)d repairs %(done)s", len(undone)) % {
+            "count": len(undone), "done": done}
+        # a batch's repair and the lock released with it come off together, selected or not
+        carried = sum(1 for outcome in undone if outcome.record_id not in selected)
+        if carried:
+            head += " (" + ngettext("%(count)d lock taken back with its batch",
+                                    "%(count)d locks taken back with their batches", carried) % {"count": carried} + ")"
+    else:
+        head = f"No repair {done}"
+    parts = [head]
+    if refused:
+        count = ngettext("%(count)d refused", "%(count)d refused", len(refused)) % {"count": len(refused)}
+        if report.dry_run:
+            parts.append(count)
+        else:
+            named = " | ".join(f"{record_subject(o)}: {o.reason}" for o in refused[:REFUSALS_NAMED])
+            more = len(refused) - REFUSALS_NAMED
+            if more > 0:
+                named += f" | and {more} more (all listed on cleanup run #{report.run_id})"
+            parts.append(f"{count}: {named}")
+    return (messages.WARNING if refused or not undone else messages.SUCCESS), "; ".join(parts)

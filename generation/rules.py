@@ -1,9 +1,12 @@
-"""The repair rules of ../shared/spec/repair-rules.md, as pure functions.
+"""The repair rules of docs/contract.md, as pure functions: the contract in Python, and the oracle.
 
-No ORM and no clock: a decision is made from a batch's counters and status,
-and whether the operator asked to fail stalled batches that are idle long
-enough. services.py finds the candidates, feeds them here, and writes what
-comes back. Each rule is found below under its code name.
+No Django, no ORM and no clock: a decision is made from a batch's counters and status, whether it is
+stuck, and whether the operator asked to fail stalled batches that are idle long enough. The database
+form of these rules (what the engine, the admin and the health page run) is expressions.py, proven equal
+to this module by tests/test_expressions.py. Each rule is found below under its code name.
+
+The project's vocabulary is defined here once: the statuses, the rule names, what the admin calls a row
+(its verdict), and the T/Q/P/C/F way of writing counters. models.py builds its choices from these.
 """
 
 from dataclasses import dataclass, fields, replace
@@ -14,6 +17,9 @@ COMPLETED, PARTIAL, FAILED = "completed", "partial", "failed"
 IN_PROGRESS = (QUEUING, PROCESSING)
 FINISHED = (COMPLETED, PARTIAL, FAILED)
 KNOWN_STATUSES = IN_PROGRESS + FINISHED
+
+COUNTER_FIELDS = ("total_requested", "total_queued", "total_processing", "total_completed", "total_failed")
+COUNTERS_LABEL = "T/Q/P/C/F"  # how every report, log line and page names the five counters, in this order
 
 
 class Rule(StrEnum):
@@ -27,6 +33,20 @@ class Rule(StrEnum):
 
 # Rules that change the row; `corrupt` and `stalled` are only reported.
 REPAIRS = (Rule.ALL_ACCOUNTED, Rule.NO_ACTIVE_TASKS, Rule.COUNTER_OVERFLOW, Rule.STALLED_FAILED)
+# Repairs that finish the batch: completed_at is set and the batch's lock released.
+FINISHING = (Rule.ALL_ACCOUNTED, Rule.NO_ACTIVE_TASKS, Rule.STALLED_FAILED)
+# What a stuck batch can be diagnosed as without a fail-stalled window, in decide()'s order.
+STUCK_RULES = (Rule.CORRUPT, Rule.ALL_ACCOUNTED, Rule.NO_ACTIVE_TASKS, Rule.COUNTER_OVERFLOW, Rule.STALLED)
+
+
+class Verdict(StrEnum):
+    """What a row that no rule judges is called (the admin's diagnosis, the reasons an action leaves a row
+    alone); a row that a rule judges is called by its Rule."""
+
+    UNKNOWN_STATUS = "unknown_status"  # a status the contract does not name: never a candidate, a person must look
+    FINISHED = "finished"
+    NEVER_UPDATED = "never_updated"  # in progress with updated_at NULL: its age is unknown, so never stuck
+    HEALTHY = "healthy"  # in progress, and moved within the stuck window
 
 
 @dataclass(frozen=True)
@@ -60,7 +80,12 @@ class Counters:
         return self.total_queued + self.total_processing
 
     def __str__(self):
-        return "/".join("NULL" if v is None else str(v) for v in self.as_dict().values())
+        return counters_text(self.as_dict())
+
+
+def counters_text(values: dict) -> str:
+    """The five counters of a row or snapshot as T/Q/P/C/F, e.g. 10/0/2/7/3 (NULL for a NULL counter)."""
+    return "/".join("NULL" if values.get(name) is None else str(values[name]) for name in COUNTER_FIELDS)
 
 
 def finished_status(c: Counters) -> str:
@@ -140,13 +165,25 @@ def decide(counters: Counters, status: str, *, fail_stalled: bool = False) -> Re
     return decision(Rule.STALLED)
 
 
-def diagnose(counters: Counters, status: str, *, stuck: bool) -> str:
-    """What the admin shows: 'finished', 'healthy', 'unknown_status' (a status the backend's contract
-    does not name: never a candidate, so a person must look), or the rule that would apply now."""
+def still_moving(status: str | None, idle, stuck_after) -> bool:
+    """A batch in progress that moved within the stuck window (idle and stuck_after: timedeltas; idle None
+    when it never moved): releasing its lock would let a second batch start beside it."""
+    return status in IN_PROGRESS and idle is not None and idle < stuck_after
+
+
+def diagnose(counters: Counters, status: str, *, stuck: bool | None, fail_stalled: bool = False) -> str:
+    """A row's verdict: a Verdict, or the rule that applies to it now.
+
+    `stuck` is whether the row is idle longer than its window (always True where no window applies, as
+    in the admin's force repair), or None when its age is unknown (updated_at NULL). `fail_stalled` as
+    for decide(). expressions.verdict() is this function in SQL.
+    """
     if status not in KNOWN_STATUSES:
-        return "unknown_status"
+        return Verdict.UNKNOWN_STATUS.value
     if status not in IN_PROGRESS:
-        return "finished"
+        return Verdict.FINISHED.value
+    if stuck is None:
+        return Verdict.NEVER_UPDATED.value
     if not stuck:
-        return "healthy"
-    return decide(counters, status).rule.value
+        return Verdict.HEALTHY.value
+    return decide(counters, status, fail_stalled=fail_stalled).rule.value

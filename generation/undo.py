@@ -4,10 +4,11 @@ A status record is undone by compare-and-set: under the row's lock, one UPDATE w
 record holds as `before` into the columns the repair changed, WHERE those columns still hold the
 record's `after` and updated_at is still what this job last wrote. If a worker (or anyone) has written
 the row since, the WHERE matches nothing and the record is refused with what differs; nothing changes.
-updated_at becomes the database's now, as for every change the job makes: putting the old updated_at
-back would make the batch look idle again, and the next scheduled run would repeat the repair at once.
-Several repairs of one row come off newest first (a record is refused while a later repair of its row
-stands); an undo's own updated_at then counts as the job's last write for the next one.
+updated_at and completed_at go back to what they were before the repair too, so an undone batch looks
+exactly as it did: if it was stuck, it is stuck again, and the next scheduled run repairs it again (the
+confirmation says so). Several repairs of one row come off newest first (a record is refused while a
+later repair of its row stands); what an undo leaves in updated_at then counts as the job's last write
+for the next one.
 
 A lock record (an expired lock deleted, or a finished batch's lock released) is undone by inserting the
 lock again with its original id, lock_id, account, content type, locked_at and created_at, only if no
@@ -27,15 +28,16 @@ A dry run does all of it in one transaction and rolls it back, so it says exactl
 would do at that moment.
 """
 
-import os
-import socket
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models.functions import Now
 
-from .conf import job_settings
+from . import expressions as ex
+from .conf import JobSettings
+from .db import bounded_transaction, one_line
 from .models import (
     CleanupRun,
     GenerationLock,
@@ -44,13 +46,14 @@ from .models import (
     RecordKind,
     RecordRule,
     RepairRecord,
+    RunKind,
     Trigger,
 )
-from .services import COUNTER_FIELDS, _bound_waits, database_now, lock_snapshot, one_line, status_snapshot
+from .rules import COUNTER_FIELDS, FINISHING
+from .runlog import start_run
 
-# The columns a status repair may change; updated_at is compared too, and always rewritten.
+# The columns a status repair may change; updated_at is compared too, and put back as well.
 RESTORABLE = (*COUNTER_FIELDS, "status", "completed_at")
-FINISHING_RULES = (RecordRule.ALL_ACCOUNTED, RecordRule.NO_ACTIVE_TASKS, RecordRule.STALLED_FAILED)
 ERRORS_CAP = 100
 
 
@@ -70,10 +73,6 @@ class Refusal:
     LOCK_RACE = "another lock was taken at the same moment ({error})"
     WITH_LOCK = "its batch's lock (record #{record}) cannot be taken back: {reason}"
     WITH_BATCH = "undone only together with its batch's repair (record #{record}), which was refused: {reason}"
-
-
-class UndoAborted(Exception):
-    """The database connection was lost; the units undone before it stay undone and recorded."""
 
 
 @dataclass
@@ -129,15 +128,17 @@ class _Refused(Exception):
 # --- Entry points --------------------------------------------------------------------------
 
 
-def undo_records(*, ids, actor=None, trigger: str = Trigger.COMMAND, dry_run: bool = False) -> UndoReport:
+def undo_records(*, job: JobSettings, ids, actor=None, trigger: str = Trigger.COMMAND,
+                 dry_run: bool = False) -> UndoReport:
     """Undo the given RepairRecords; one UndoOutcome per record (plus the lock released with a batch),
-    newest first. Raises UndoAborted if the database connection is lost."""
+    newest first. Raises db.ConnectionLost if the database connection is lost (the units undone before
+    it stay undone and recorded)."""
     report = UndoReport(trigger=trigger, dry_run=dry_run)
     if not dry_run:
-        _undo(report, ids, actor)
+        _undo(report, ids, actor, job)
         return report
     with transaction.atomic():
-        _undo(report, ids, actor)
+        _undo(report, ids, actor, job)
         transaction.set_rollback(True)
     report.run_id = None
     for outcome in report.outcomes:
@@ -145,14 +146,15 @@ def undo_records(*, ids, actor=None, trigger: str = Trigger.COMMAND, dry_run: bo
     return report
 
 
-def undo_run(*, run_id: int, actor=None, trigger: str = Trigger.COMMAND, dry_run: bool = False) -> UndoReport:
+def undo_run(*, job: JobSettings, run_id: int, actor=None, trigger: str = Trigger.COMMAND,
+             dry_run: bool = False) -> UndoReport:
     """Undo every change a run made. Raises CleanupRun.DoesNotExist for an unknown run."""
     run = CleanupRun.objects.get(pk=run_id)
     ids = list(run.records.values_list("pk", flat=True))
-    return undo_records(ids=ids, actor=actor, trigger=trigger, dry_run=dry_run)
+    return undo_records(job=job, ids=ids, actor=actor, trigger=trigger, dry_run=dry_run)
 
 
-def _undo(report, ids, actor):
+def _undo(report, ids, actor, job):
     ids = sorted({int(i) for i in ids}, reverse=True)
     records = RepairRecord.objects.in_bulk(ids)
     companions = {}  # status record id -> the lock record released with its batch, not undone yet
@@ -163,10 +165,9 @@ def _undo(report, ids, actor):
     carried = {companion.pk for companion in companions.values()}  # undone with their batch's record
     run = None
     if records:
-        run = CleanupRun.objects.create(trigger=report.trigger, dry_run=report.dry_run, filters={"undo": ids[:1000]},
-                                        host=socket.gethostname()[:255], pid=os.getpid(), actor=actor)
+        run = start_run(kind=RunKind.UNDO, trigger=report.trigger, dry_run=report.dry_run,
+                        filters={"records": ids[:1000]}, actor=actor)
         report.run_id = run.pk
-    job = job_settings()
     try:
         for record_id in ids:
             record = records.get(record_id)
@@ -181,7 +182,7 @@ def _undo(report, ids, actor):
 
 def _companion(record):
     """The lock released together with a batch by the same repair (same run), found through the batch's lock_id."""
-    if record.kind != RecordKind.STATUS or record.rule not in FINISHING_RULES:
+    if record.kind != RecordKind.STATUS or record.rule not in FINISHING:
         return None
     lock_id = GenerationStatus.objects.filter(pk=record.target_id).values_list("lock_id", flat=True).first()
     if not lock_id:
@@ -205,7 +206,7 @@ def _finish(run, report):
             finished_at=Now(), outcome=Outcome.ERRORS if refusals else Outcome.OK,
             error="\n".join(refusals[:ERRORS_CAP]), examined=len(report.outcomes))
     except DatabaseError:
-        pass  # connection lost (UndoAborted is on its way): the run row keeps an empty outcome
+        pass  # connection lost (ConnectionLost is on its way): the run row keeps an empty outcome
 
 
 # --- One unit: a record, and the lock released with its batch ------------------------------
@@ -220,11 +221,8 @@ def _undo_unit(record, companion, *, run, actor, job) -> list[UndoOutcome]:
     """One transaction (a savepoint in a dry run): the record, and the lock released with its batch."""
     main = _outcome(record)
     outcomes = [main] + ([_outcome(companion)] if companion is not None else [])
-    connection.ensure_connection()
-    session = connection.connection
     try:
-        with transaction.atomic():
-            _bound_waits(job.lock_timeout, job.statement_timeout)
+        with bounded_transaction(job.lock_timeout, job.statement_timeout):
             changes = [(main, _undo_one(record, main, run=run, actor=actor))]
             if companion is not None:
                 with_lock = outcomes[1]
@@ -240,9 +238,7 @@ def _undo_unit(record, companion, *, run, actor, job) -> list[UndoOutcome]:
         main.reason = exc.reason
         for other in outcomes[1:]:
             other.reason = other.reason or Refusal.WITH_BATCH.format(record=record.pk, reason=exc.reason)
-    except DatabaseError as exc:
-        if connection.connection is not session or not connection.is_usable():
-            raise UndoAborted(f"lost the database connection ({one_line(exc)})") from exc
+    except DatabaseError as exc:  # not ConnectionLost (bounded_transaction raises that): the row was busy
         for outcome in outcomes:
             outcome.reason = outcome.reason or Refusal.BUSY.format(error=one_line(exc))
     for outcome in outcomes:
@@ -299,10 +295,9 @@ def _undo_status(record, outcome, *, run, actor) -> RepairRecord:
     changed = [name for name in RESTORABLE if _value(name, record.before[name]) != _value(name, record.after[name])]
     if not changed:
         raise _Refused(Refusal.NOTHING_CHANGED)
-    row = GenerationStatus.objects.filter(pk=record.target_id).select_for_update(of=("self",)).first()
-    if row is None:
+    current = _snapshot(GenerationStatus, record.target_id, ex.status_snapshot(), lock=True)
+    if current is None:
         raise _Refused(Refusal.ROW_GONE.format(id=record.target_id))
-    current = status_snapshot(row)
     outcome.current = current
     expected = {**{name: record.after[name] for name in changed}, "updated_at": _last_written(record)}
     differences = [
@@ -313,15 +308,23 @@ def _undo_status(record, outcome, *, run, actor) -> RepairRecord:
     if differences:
         raise _Refused(Refusal.ROW_CHANGED.format(differences="; ".join(differences)))
     matched = GenerationStatus.objects.filter(
-        pk=row.pk, **{name: _value(name, value) for name, value in expected.items()},
-    ).update(**{name: _value(name, record.before[name]) for name in changed}, updated_at=database_now())
+        pk=record.target_id, **{name: _value(name, value) for name, value in expected.items()},
+    ).update(**{name: _value(name, record.before[name]) for name in (*changed, "updated_at")})
     if matched != 1:  # cannot happen under the row lock; the WHERE is the guarantee all the same
         raise _Refused(Refusal.ROW_CHANGED.format(differences="the compare-and-set matched no row"))
-    row.refresh_from_db(fields=[*RESTORABLE, "updated_at"])
-    outcome.restored = status_snapshot(row)
-    return RepairRecord(run=run, kind=RecordKind.STATUS, target_id=row.pk, account_id=row.account_id,
-                        content_type=row.content_type, rule=RecordRule.UNDO, before=current,
+    outcome.restored = _snapshot(GenerationStatus, record.target_id, ex.status_snapshot())
+    return RepairRecord(run=run, kind=RecordKind.STATUS, target_id=record.target_id, account_id=record.account_id,
+                        content_type=record.content_type, rule=RecordRule.UNDO, before=current,
                         after=outcome.restored, actor=actor, undo_of=record)
+
+
+def _snapshot(model, pk, snapshot, *, lock=False) -> dict | None:
+    """A row's snapshot as the audit records hold it (built by the database), or None if it is gone."""
+    rows = model.objects.filter(pk=pk)
+    if lock:
+        rows = rows.select_for_update(of=("self",))
+    text = rows.values_list(snapshot, flat=True).first()
+    return None if text is None else json.loads(text)
 
 
 def _shown(value):
@@ -360,42 +363,7 @@ def _undo_lock(record, outcome, *, run, actor) -> RepairRecord:
             lock.save(force_insert=True)
     except IntegrityError as exc:
         raise _Refused(_lock_refusal(snapshot) or Refusal.LOCK_RACE.format(error=one_line(exc))) from None
-    outcome.restored = lock_snapshot(lock)
+    outcome.restored = _snapshot(GenerationLock, lock.pk, ex.lock_snapshot())
     return RepairRecord(run=run, kind=RecordKind.LOCK, target_id=lock.pk, account_id=lock.account_id,
                         content_type=lock.content_type, rule=RecordRule.UNDO, before={}, after=outcome.restored,
                         actor=actor, undo_of=record)
-
-
-# --- Lines for people ----------------------------------------------------------------------
-
-
-def _counters(snapshot):
-    return "/".join(str(_shown(snapshot[name])) for name in COUNTER_FIELDS)
-
-
-def _what(outcome):
-    if outcome.kind == RecordKind.STATUS:
-        return f"{outcome.rule} of batch #{outcome.target_id}"
-    return f"{outcome.rule} of lock #{outcome.target_id} (account {outcome.account_id} {outcome.content_type})"
-
-
-def format_outcome(outcome: UndoOutcome, *, dry_run: bool = False) -> str:
-    head = f"record #{outcome.record_id}" + (f" ({_what(outcome)})" if outcome.kind else "")
-    if outcome.refused:
-        return f"  REFUSED {head}: {outcome.reason}"
-    verb = "would undo" if dry_run else "undone"
-    tail = f"; recorded as #{outcome.undo_record_id}" if outcome.undo_record_id else ""
-    if outcome.kind == RecordKind.STATUS:
-        before, after = outcome.current, outcome.restored
-        return (f"  {verb} {head}: T/Q/P/C/F {_counters(before)} {before['status']} -> "
-                f"{_counters(after)} {after['status']}{tail}")
-    return f"  {verb} {head}: lock {outcome.restored['lock_id']} taken again, locked at " \
-           f"{outcome.restored['locked_at']}{tail}"
-
-
-def format_summary(report: UndoReport) -> str:
-    undone, refused, total = len(report.undone), len(report.refused), len(report.outcomes)
-    if report.dry_run:
-        return f"DRY RUN: would undo {undone}, would refuse {refused} of {total} records"
-    run = f", run #{report.run_id}" if report.run_id else ""
-    return f"Undo: {undone} undone, {refused} refused of {total} records{run}"

@@ -1,5 +1,4 @@
 import os
-import shutil
 
 import pytest
 from django.conf import settings
@@ -37,12 +36,9 @@ def pytest_runtest_setup(item):
         pytest.skip(reason)
     # Browser tests likewise: skipped without Chromium and its driver, a failure in CI.
     if item.get_closest_marker("browser"):
-        missing = [name for name in BROWSER_BINARIES if shutil.which(name) is None]
-        if missing:
-            reason = f"needs {' and '.join(missing)} on PATH (apt-get install chromium chromium-driver)"
-            if IN_CI:
-                pytest.fail(f"{reason}; under CI=true this is a failure, not a skip")
-            pytest.skip(reason)
+        from .helpers import require_binaries
+
+        require_binaries(*BROWSER_BINARIES, package="chromium chromium-driver")
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -1,15 +1,25 @@
 """Rows for tests, placed in time relative to the database clock."""
 
+import json
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
+from generation import expressions
+from generation.conf import JobSettings, job_settings
+from generation.db import database_now
 from generation.models import GenerationLock, GenerationStatus
 from generation.rules import Counters, progress_status
-from generation.services import database_now
 
 WINDOW = timedelta(hours=3)
 OUTSIDE = WINDOW + timedelta(minutes=1)  # stuck: idle one minute longer than the window
 INSIDE = WINDOW - timedelta(minutes=1)  # not stuck yet
+
+
+def job(**overrides) -> JobSettings:
+    """The job's settings (as an entry point reads them) with some replaced; None too (fail_stalled_after=None:
+    never)."""
+    return replace(job_settings(), **overrides)
 
 
 def make_batch(counters, *, idle=OUTSIDE, status=None, lock_held_for=None, account_id=None, content_type="video"):
@@ -40,3 +50,9 @@ def make_lock(*, account_id, content_type="video", lock_id=None, held_for=OUTSID
 def counters_of(batch):
     batch.refresh_from_db()
     return Counters.of(batch)
+
+
+def snapshot_of(row) -> dict:
+    """A status row's snapshot as the database builds it for the audit records (expressions.status_snapshot)."""
+    text = type(row).objects.filter(pk=row.pk).values_list(expressions.status_snapshot(), flat=True).get()
+    return json.loads(text)

@@ -3,6 +3,7 @@
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -109,3 +110,64 @@ def checkout_copy(target):
         ".env", "docs", "benchmarks"))
     (target / ".venv").symlink_to(ROOT / ".venv")
     return target
+
+
+def require_binaries(*names, package):
+    """Skip the test without these programs on PATH; under CI=true that is a failure, not a skip."""
+    import pytest
+
+    from .conftest import IN_CI
+
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        reason = f"needs {' and '.join(missing)} on PATH (Debian: apt-get install {package})"
+        if IN_CI:
+            pytest.fail(f"{reason}; under CI=true this is a failure, not a skip")
+        pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the caller binds it at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Recorder:
+    """A small HTTP server on 127.0.0.1 that records each request (method, path, body) and answers 200;
+    with `delay`, it answers that late (a monitor that hangs). Use as a context manager."""
+
+    def __init__(self, delay=0.0):
+        import http.server
+
+        recorder = self
+        self.requests, self.delay = [], delay
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _record(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                recorder.requests.append((self.command, self.path, self.rfile.read(length).decode()))
+                if recorder.delay:
+                    threading.Event().wait(recorder.delay)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            do_GET = do_POST = do_PUT = do_HEAD = _record
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

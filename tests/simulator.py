@@ -1,6 +1,6 @@
 """A stand-in for the Go backend: drives the two tables with the backend's own SQL, plus its failures.
 
-What the backend does (spec/repair-rules.md, "The backend moves a task through the counters"),
+What the backend does (docs/contract.md, "How the backend moves a task through the counters"),
 one autocommit statement per step, each from whichever worker got the message:
 
 - create a batch: take the account's lock (a row of account_generation_locks; the unique index

@@ -17,8 +17,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from generation import admin as generation_admin
+from generation import report as wording
 from generation import services, undo
+from generation.admin import common as admin_common
+from generation.db import ConnectionLost
 from generation.models import (
     CleanupRun,
     GenerationLock,
@@ -28,6 +30,8 @@ from generation.models import (
     RepairRecord,
     Trigger,
 )
+
+from .factories import job
 
 pytestmark = pytest.mark.django_db
 
@@ -195,11 +199,11 @@ def test_query_count_per_page_does_not_grow_with_the_rows(admin_client, url):
 def test_query_count_of_the_history_lists_does_not_grow_with_the_rows(admin_client, admin_user, name):
     url = reverse(f"admin:generation_{name}_changelist")
     for _ in range(10):
-        services.repair_selected(ids=[batch(10, 0, 0, 10, 0).pk], actor=admin_user)
+        services.repair_selected(job=job(), ids=[batch(10, 0, 0, 10, 0).pk], actor=admin_user)
     few, shown = _queries(admin_client, url)
     assert shown == 10
     for _ in range(90):
-        services.repair_selected(ids=[batch(10, 0, 0, 10, 0).pk], actor=admin_user)
+        services.repair_selected(job=job(), ids=[batch(10, 0, 0, 10, 0).pk], actor=admin_user)
     many, shown = _queries(admin_client, url)
     assert shown == 100
     assert many == few
@@ -230,7 +234,7 @@ def test_the_change_form_shows_counters_read_only_with_the_diagnosis_and_the_rep
     assert 'name="total_queued"' not in page and 'name="status"' not in page
     assert '<span class="gen-diagnosis gen-all_accounted">all_accounted</span>' in page
     link = re.search(r'href="([^"]+)">repairs of this batch</a>', page).group(1).replace("&amp;", "&")
-    services.repair_selected(ids=[row.pk, other.pk], actor=admin_user)
+    services.repair_selected(job=job(), ids=[row.pk, other.pk], actor=admin_user)
     assert [r.target_id for r in admin_client.get(link).context["cl"].result_list] == [row.pk]
 
 
@@ -243,7 +247,7 @@ def test_repair_stuck_repairs_the_stuck_rows_and_names_the_others(operator_clien
     fresh = batch(10, 0, 0, 6, 1, idle=FRESH)
     response = act(operator_client, STATUSES_URL, "repair_stuck", [a1, a2, n1, fresh])
     assert messages_of(response) == [
-        ("success", f"3 generations repaired: 2 all_accounted, 1 no_active_tasks; 1 not stuck, left alone (#{fresh.pk})")]
+        ("success", f"3 generations repaired: 2 all_accounted, 1 no_active_tasks; 1 healthy, left alone (#{fresh.pk})")]
     assert counters(a1) == (10, 0, 0, 7, 3, "partial")
     assert counters(a2) == (10, 0, 0, 10, 0, "completed")
     assert counters(n1) == (10, 0, 0, 6, 4, "partial")
@@ -282,7 +286,7 @@ def test_repair_messages_use_the_singular_and_report_locks_stalled_and_corrupt(o
 
 
 def test_log_entries_are_written_in_chunks(operator_client, operator, monkeypatch):
-    monkeypatch.setattr(generation_admin, "LOG_CHUNK", 2)
+    monkeypatch.setattr(admin_common, "LOG_CHUNK", 2)
     rows = [batch(10, 0, 0, 10, 0) for _ in range(5)]
     with CaptureQueriesContext(connection) as queries:
         act(operator_client, STATUSES_URL, "repair_stuck", rows)
@@ -294,7 +298,7 @@ def test_log_entries_are_written_in_chunks(operator_client, operator, monkeypatc
 def test_nothing_to_repair_is_a_warning(operator_client):
     fresh = batch(10, 0, 0, 6, 1, idle=FRESH)
     response = act(operator_client, STATUSES_URL, "repair_stuck", [fresh])
-    assert messages_of(response) == [("warning", f"No generation repaired; 1 not stuck, left alone (#{fresh.pk})")]
+    assert messages_of(response) == [("warning", f"No generation repaired; 1 healthy, left alone (#{fresh.pk})")]
     assert RepairRecord.objects.count() == 0 and LogEntry.objects.count() == 0
 
 
@@ -346,14 +350,14 @@ def test_fail_stalled_confirms_first_then_fails_only_the_stalled(operator_client
                                                ACTION_CHECKBOX_NAME: [stalled.pk, overflow.pk]})
     assert page.templates[0].name == "admin/generation/repair_confirmation.html"
     html = page.content.decode()
-    assert f"1 generation to repair: 1 stalled_failed; 1 not stalled, left alone (#{overflow.pk})." in html
+    assert f"1 generation to repair: 1 stalled_failed; 1 counter_overflow, left alone (#{overflow.pk})." in html
     assert "processing 10/1/1/3/2" in html
     assert counters(stalled) == (10, 1, 1, 3, 2, "processing")
     assert RepairRecord.objects.count() == 0
 
     response = act(operator_client, STATUSES_URL, "fail_stalled", [stalled, overflow], post="yes")
     assert messages_of(response) == [
-        ("success", f"1 generation repaired: 1 stalled_failed; 1 not stalled, left alone (#{overflow.pk})")]
+        ("success", f"1 generation repaired: 1 stalled_failed; 1 counter_overflow, left alone (#{overflow.pk})")]
     assert counters(stalled) == (10, 0, 0, 3, 7, "partial")
     assert counters(overflow) == (10, 2, 5, 6, 0, "processing")
     record = RepairRecord.objects.get()
@@ -369,7 +373,7 @@ def test_a_confirmation_with_nothing_to_change_offers_no_confirm_button(operator
 
 
 def test_too_large_a_selection_for_a_confirmation_is_refused(operator_client, monkeypatch):
-    monkeypatch.setattr(generation_admin, "CONFIRM_MAX", 2)
+    monkeypatch.setattr(admin_common, "CONFIRM_MAX", 2)
     rows = [batch(10, 0, 0, 10, 0) for _ in range(3)]
     response = act(operator_client, STATUSES_URL, "force_repair", rows)
     assert messages_of(response) == [("error", "Select at most 2 generations for this action (3 selected).")]
@@ -499,7 +503,7 @@ def test_the_actions_themselves_refuse_a_user_without_the_permission(viewer):
 
 @pytest.mark.parametrize("name", ["cleanuprun", "repairrecord"])
 def test_history_pages_refuse_add_change_and_delete_even_to_a_superuser(admin_client, admin_user, name):
-    services.repair_selected(ids=[batch(10, 0, 2, 7, 3).pk], actor=admin_user)
+    services.repair_selected(job=job(), ids=[batch(10, 0, 2, 7, 3).pk], actor=admin_user)
     obj = (CleanupRun if name == "cleanuprun" else RepairRecord).objects.get()
     assert admin_client.get(reverse(f"admin:generation_{name}_add")).status_code == 403
     assert admin_client.post(reverse(f"admin:generation_{name}_add"), {}).status_code == 403
@@ -517,7 +521,7 @@ def test_history_pages_refuse_add_change_and_delete_even_to_a_superuser(admin_cl
 
 def test_a_runs_page_lists_its_repairs(admin_client, admin_user):
     a, n = batch(10, 0, 2, 7, 3, lock=True), batch(10, 0, 0, 6, 1)
-    report = services.repair_selected(ids=[a.pk, n.pk], actor=admin_user)
+    report = services.repair_selected(job=job(), ids=[a.pk, n.pk], actor=admin_user)
     html = admin_client.get(reverse("admin:generation_cleanuprun_change", args=[report.run_id])).content.decode()
     assert "Repairs recorded by this run (3)" in html
     assert "processing 10/0/2/7/3 → partial 10/0/0/7/3" in html
@@ -528,7 +532,7 @@ def test_a_runs_page_lists_its_repairs(admin_client, admin_user):
 
 def test_a_repair_shows_before_and_after_side_by_side_with_the_changes_highlighted(admin_client, admin_user):
     row = batch(10, 0, 2, 7, 3)
-    services.repair_selected(ids=[row.pk], actor=admin_user)
+    services.repair_selected(job=job(), ids=[row.pk], actor=admin_user)
     record = RepairRecord.objects.get()
     html = admin_client.get(reverse("admin:generation_repairrecord_change", args=[record.pk])).content.decode()
     changed = set(re.findall(r'<tr class="gen-changed" data-field="(\w+)">', html))
@@ -541,7 +545,7 @@ def test_a_repair_shows_before_and_after_side_by_side_with_the_changes_highlight
 
 def test_the_repair_list_filters_by_rule_trigger_and_account(admin_client, admin_user):
     a, n = batch(10, 0, 2, 7, 3), batch(10, 0, 0, 6, 1)
-    services.repair_selected(ids=[a.pk, n.pk], actor=admin_user)
+    services.repair_selected(job=job(), ids=[a.pk, n.pk], actor=admin_user)
     url = reverse("admin:generation_repairrecord_changelist")
     by_rule = admin_client.get(url + "?rule__exact=no_active_tasks")
     assert [r.target_id for r in by_rule.context["cl"].result_list] == [n.pk]
@@ -581,7 +585,7 @@ def test_health_page_shows_counts_runs_and_the_chart(admin_client, admin_user):
     assert "The cleanup job has never completed a run (from cron or the command)." in html
     assert '<svg class="gen-chart"' in html and "No repairs in these 30 days" in html
 
-    report = services.cleanup_from_settings(trigger=Trigger.CRON)
+    report = services.cleanup(job=job(), trigger=Trigger.CRON)
     html = admin_client.get(HEALTH_URL).content.decode()
     assert "never completed a run" not in html
     # the corrupt batch makes every run end with errors: a finding to show, not a dead schedule
@@ -617,7 +621,7 @@ def test_undo_confirms_first_with_what_each_record_would_do_then_undoes(operator
     finished = batch(10, 0, 2, 7, 3, lock=True)  # all_accounted, its lock (held 3h31m) released with it
     overflow = batch(10, 2, 5, 6, 0)
     lock = GenerationLock.objects.get(lock_id=finished.lock_id)
-    services.repair_selected(ids=[finished.pk, overflow.pk], actor=operator)
+    services.repair_selected(job=job(), ids=[finished.pk, overflow.pk], actor=operator)
     finished_record, overflow_record = status_record_of(finished), status_record_of(overflow)
     released = lock_record_of(lock.lock_id)
     selected = [finished_record, overflow_record]  # not the lock's record: it comes off with its batch
@@ -668,7 +672,7 @@ def test_undo_confirms_first_with_what_each_record_would_do_then_undoes(operator
 
 def test_a_refused_undo_is_named_with_its_reason_and_changes_nothing(operator_client, operator):
     moved, calm = batch(10, 2, 5, 6, 0), batch(10, 2, 5, 6, 0)
-    services.repair_selected(ids=[moved.pk, calm.pk], actor=operator)
+    services.repair_selected(job=job(), ids=[moved.pk, calm.pk], actor=operator)
     moved_record, calm_record = status_record_of(moved), status_record_of(calm)
     GenerationStatus.objects.filter(pk=moved.pk).update(total_processing=3)  # someone wrote the row since
     reason = "the row changed since the repair: total_processing is 3, the repair left 2"
@@ -700,10 +704,10 @@ def test_undo_message_uses_the_singular_and_names_at_most_ten_refusals():
                                 reason=reason)
 
     done = undo.UndoReport(trigger=Trigger.ADMIN, dry_run=False, run_id=5, outcomes=[outcome(1)])
-    assert generation_admin.undo_message(done, selected={1}) == (messages.SUCCESS, "1 repair undone")
+    assert wording.undo_message(done, selected={1}) == (messages.SUCCESS, "1 repair undone")
     refused = [outcome(i, "busy") for i in range(10, 22)]
     report = undo.UndoReport(trigger=Trigger.ADMIN, dry_run=False, run_id=5, outcomes=refused)
-    level, text = generation_admin.undo_message(report, selected=set(range(10, 22)))
+    level, text = wording.undo_message(report, selected=set(range(10, 22)))
     assert level == messages.WARNING
     assert text.startswith("No repair undone; 12 refused: record #10 (counter_overflow of batch #110): busy | ")
     assert text.count(": busy") == 10 and text.endswith(" | and 2 more (all listed on cleanup run #5)")
@@ -711,11 +715,11 @@ def test_undo_message_uses_the_singular_and_names_at_most_ten_refusals():
 
 def test_a_lost_connection_during_the_undo_is_an_error_message(operator_client, operator, monkeypatch):
     row = batch(10, 2, 5, 6, 0)
-    services.repair_selected(ids=[row.pk], actor=operator)
+    services.repair_selected(job=job(), ids=[row.pk], actor=operator)
     record = status_record_of(row)
 
     def aborted(**kwargs):
-        raise undo.UndoAborted("lost the database connection (server closed the connection unexpectedly)")
+        raise ConnectionLost("lost the database connection (server closed the connection unexpectedly)")
 
     monkeypatch.setattr(undo, "undo_records", aborted)
     response = act(operator_client, RECORDS_URL, "undo_selected", [record])
@@ -728,9 +732,9 @@ def test_a_lost_connection_during_the_undo_is_an_error_message(operator_client, 
 
 
 def test_too_large_a_selection_to_undo_is_refused(operator_client, operator, monkeypatch):
-    monkeypatch.setattr(generation_admin, "CONFIRM_MAX", 1)
+    monkeypatch.setattr(admin_common, "CONFIRM_MAX", 1)
     rows = [batch(10, 2, 5, 6, 0) for _ in range(2)]
-    services.repair_selected(ids=[r.pk for r in rows], actor=operator)
+    services.repair_selected(job=job(), ids=[r.pk for r in rows], actor=operator)
     response = act(operator_client, RECORDS_URL, "undo_selected", list(RepairRecord.objects.all()))
     assert messages_of(response) == [("error", "Select at most 1 repairs for this action (2 selected).")]
     assert not RepairRecord.objects.filter(rule=RecordRule.UNDO).exists()
@@ -738,7 +742,7 @@ def test_too_large_a_selection_to_undo_is_refused(operator_client, operator, mon
 
 def test_undo_needs_the_repair_permission(client, viewer, operator):
     row = batch(10, 2, 5, 6, 0)
-    services.repair_selected(ids=[row.pk], actor=operator)
+    services.repair_selected(job=job(), ids=[row.pk], actor=operator)
     record = status_record_of(row)
     record_url = reverse("admin:generation_repairrecord_change", args=[record.pk])
     client.force_login(operator)
@@ -766,7 +770,7 @@ def test_undo_needs_the_repair_permission(client, viewer, operator):
 
 def test_the_undo_button_on_a_repairs_page_leads_to_the_confirmation(operator_client, operator):
     row = batch(10, 2, 5, 6, 0)
-    services.repair_selected(ids=[row.pk], actor=operator)
+    services.repair_selected(job=job(), ids=[row.pk], actor=operator)
     record = status_record_of(row)
     html = operator_client.get(reverse("admin:generation_repairrecord_change", args=[record.pk])).content.decode()
     form = re.search(r'<form method="post" action="([^"]+)" id="gen-undo-form".*?</form>', html, re.S)
@@ -782,9 +786,9 @@ def test_the_undo_button_on_a_repairs_page_leads_to_the_confirmation(operator_cl
 def test_undo_records_pages_link_both_ways_and_show_what_changed(admin_client, admin_user):
     row = batch(10, 0, 2, 7, 3, lock=True)
     lock = GenerationLock.objects.get(lock_id=row.lock_id)
-    services.repair_selected(ids=[row.pk], actor=admin_user)
+    services.repair_selected(job=job(), ids=[row.pk], actor=admin_user)
     original, released = status_record_of(row), lock_record_of(lock.lock_id)
-    report = undo.undo_records(ids=[original.pk], actor=admin_user, trigger=Trigger.ADMIN)
+    report = undo.undo_records(job=job(), ids=[original.pk], actor=admin_user, trigger=Trigger.ADMIN)
     status_undo = RepairRecord.objects.get(undo_of=original)
     lock_undo = RepairRecord.objects.get(undo_of=released)
 
@@ -862,9 +866,9 @@ def test_a_repair_that_loses_its_connection_is_an_error_message_and_the_run_says
     stuck = batch(10, 0, 0, 6, 1)
 
     def lost(*args, **kwargs):
-        raise engine.CleanupAborted("lost the database connection during the run (terminated)")
+        raise ConnectionLost("lost the database connection during the run (terminated)")
 
-    monkeypatch.setattr(engine, "_process_status_page", lost)
+    monkeypatch.setattr(engine, "status_page", lost)
     response = act(operator_client, STATUSES_URL, "repair_stuck", [stuck])
     [(level, text)] = messages_of(response)
     assert level == "error" and text.startswith("Aborted: lost the database connection during the run")
@@ -894,7 +898,7 @@ def role_client(client, django_user_model):
 
 def test_a_viewer_sees_every_list_record_and_the_health_page_but_no_action(role_client, admin_user):
     row = batch(10, 2, 5, 6, 0, lock=True)
-    services.repair_selected(ids=[row.pk], actor=admin_user)
+    services.repair_selected(job=job(), ids=[row.pk], actor=admin_user)
     record = status_record_of(row)
     client, _ = role_client("viewer")
     pages = [STATUSES_URL, LOCKS_URL, RECORDS_URL, HEALTH_URL, reverse("admin:generation_cleanuprun_changelist"),
@@ -914,7 +918,7 @@ def test_a_viewer_sees_every_list_record_and_the_health_page_but_no_action(role_
 def test_a_viewers_crafted_posts_change_nothing(role_client, admin_user):
     stuck, stalled = batch(10, 0, 0, 6, 1), batch(10, 1, 1, 3, 2)
     undoable = batch(10, 2, 5, 6, 0)
-    services.repair_selected(ids=[undoable.pk], actor=admin_user)
+    services.repair_selected(job=job(), ids=[undoable.pk], actor=admin_user)
     record = status_record_of(undoable)
     expired = batch(10, 0, 0, 10, 0, status="completed", lock=True)
     lock = GenerationLock.objects.get(lock_id=expired.lock_id)

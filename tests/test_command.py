@@ -135,7 +135,7 @@ def test_exit_0_and_skipped_when_another_run_holds_the_lock():
     import psycopg
     from django.db import connection
 
-    from generation.services import ADVISORY_LOCK_KEY
+    from generation.db import ADVISORY_LOCK_KEY
 
     from .helpers import postgres_url
 

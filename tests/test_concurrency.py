@@ -8,10 +8,10 @@ import psycopg
 import pytest
 from django.db import connection
 
-from generation import services
+from generation import pages, services
 from generation.models import CleanupRun, GenerationStatus, RepairRecord
 
-from .factories import counters_of, make_batch
+from .factories import counters_of, job, make_batch
 from .helpers import Thread, postgres_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -33,14 +33,14 @@ def test_a_row_held_by_another_transaction_is_skipped_not_waited_on():
         with worker.transaction():
             worker.execute("SELECT id FROM account_generation_status WHERE id = %s FOR UPDATE", [held.pk])
             started = time.monotonic()
-            report = services.cleanup(**PARAMS)
+            report = services.cleanup(job=job(**PARAMS))
             elapsed = time.monotonic() - started
     assert elapsed < 3, f"the run waited {elapsed:.1f}s on a held row"
     assert report.statuses.skipped_busy == 1
     assert report.statuses.repaired == 1
     assert counters_of(held).total_failed == 0  # left for the next run
     assert counters_of(free).total_failed == 4
-    retry = services.cleanup(**PARAMS)
+    retry = services.cleanup(job=job(**PARAMS))
     assert (retry.statuses.repaired, counters_of(held).total_failed) == (1, 4)
 
 
@@ -50,7 +50,7 @@ def test_a_concurrent_worker_increment_is_not_lost(monkeypatch):
     batch = make_batch((10, 0, 0, 6, 1))  # no_active_tasks: F := T - C = 4
     worker_pid = []
     waited_on_lock = []
-    real_write = services._write_repairs
+    real_write = pages._write
 
     def increment():
         with other_connection() as worker:
@@ -60,7 +60,7 @@ def test_a_concurrent_worker_increment_is_not_lost(monkeypatch):
 
     worker = Thread(increment)
 
-    def write_while_a_worker_increments(repairs, run, actor):
+    def write_while_a_worker_increments(to_write, status_pass):
         worker.start()
         with other_connection() as observer:
             for _ in range(100):  # until the worker's UPDATE is seen blocked on our row lock
@@ -71,10 +71,10 @@ def test_a_concurrent_worker_increment_is_not_lost(monkeypatch):
                     if state and state[0] == "Lock":
                         waited_on_lock.append(True)
                         break
-        return real_write(repairs, run, actor)
+        return real_write(to_write, status_pass)
 
-    monkeypatch.setattr(services, "_write_repairs", write_while_a_worker_increments)
-    report = services.cleanup(**PARAMS)
+    monkeypatch.setattr(pages, "_write", write_while_a_worker_increments)
+    report = services.cleanup(job=job(**PARAMS))
     worker.join_result()
     assert waited_on_lock, "the worker's UPDATE never waited on the repair's row lock"
     assert report.statuses.by_rule["no_active_tasks"] == 1
@@ -88,7 +88,7 @@ def test_a_concurrent_worker_increment_is_not_lost(monkeypatch):
 def test_an_increment_committed_before_the_lock_is_seen_by_the_recheck(monkeypatch):
     """A worker finishes the batch between candidate selection and locking: the repair leaves it alone."""
     batch = make_batch((10, 0, 0, 9, 0))
-    real_pages = services._keyset_pages
+    real_pages = services.keyset_pages
 
     def pages_then_worker_moves(queryset, batch_size):
         for ids in real_pages(queryset, batch_size):
@@ -98,8 +98,8 @@ def test_an_increment_committed_before_the_lock_is_seen_by_the_recheck(monkeypat
                     "completed_at = now(), updated_at = now() WHERE id = %s", [batch.pk])
             yield ids
 
-    monkeypatch.setattr(services, "_keyset_pages", pages_then_worker_moves)
-    report = services.cleanup(**PARAMS)
+    monkeypatch.setattr(services, "keyset_pages", pages_then_worker_moves)
+    report = services.cleanup(job=job(**PARAMS))
     assert report.statuses.repaired == 0 and report.statuses.moved_on == 1
     assert counters_of(batch).total_completed == 10 and batch.status == "completed"
     assert not RepairRecord.objects.exists()
@@ -126,7 +126,7 @@ def test_two_runs_at_the_same_moment_one_works_the_other_is_skipped():
 
         barrier.wait(5)
         try:
-            return services.cleanup(**{**PARAMS, "batch_size": 5}, on_page=overlap_with_the_other_run)
+            return services.cleanup(job=job(**{**PARAMS, "batch_size": 5}), on_page=overlap_with_the_other_run)
         finally:
             returned[me].set()
 
@@ -155,10 +155,10 @@ def test_a_run_holding_the_lock_makes_the_next_one_skip(monkeypatch):
         inside.set()
         release.wait(10)
 
-    first = Thread(lambda: services.cleanup(**PARAMS, on_page=slow_page))
+    first = Thread(lambda: services.cleanup(job=job(**PARAMS), on_page=slow_page))
     first.start()
     assert inside.wait(10)
-    second = services.cleanup(**PARAMS)
+    second = services.cleanup(job=job(**PARAMS))
     release.set()
     first_report = first.join_result()
     assert (second.outcome, second.skipped_reason) == ("skipped", "another run holds the lock")

@@ -337,7 +337,7 @@ def test_an_exception_escaping_the_service_is_recorded_on_the_run_and_in_the_log
     def broken_page(*args, **kwargs):
         raise RuntimeError("a bug in the page")
 
-    monkeypatch.setattr(services, "_process_status_page", broken_page)
+    monkeypatch.setattr(services, "status_page", broken_page)
     # re-raised, so django-crontab's runner prints the traceback into the log through the redirect
     with pytest.raises(RuntimeError):
         cron.run_cleanup()

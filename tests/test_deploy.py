@@ -200,7 +200,7 @@ def test_the_web_configmap_is_the_readmes_production_environment():
     assert {key: readme.get(key) for key in web} == web
     # what the README has besides: the Secret's keys, and DEBUG (off by default) written out
     assert set(readme) - set(web) == {"DATABASE_URL", "SECRET_KEY", "DEBUG"}
-    assert set(resource("Secret")["stringData"]) == {"DATABASE_URL", "SECRET_KEY"}
+    assert set(resource("Secret")["stringData"]) == {"DATABASE_URL", "SECRET_KEY", "METRICS_TOKEN"}
 
 
 def test_the_web_deployment_probes_and_service():
@@ -566,6 +566,11 @@ RUN_BY = {
     "kubectl apply -f deploy/kubernetes/web-service.yaml": NO_CLUSTER,
     "kubectl rollout status deployment/butter-admin-web --timeout=5m": NO_CLUSTER,
     "kubectl exec -it deploy/butter-admin-web -- python manage.py setup_roles --user alice --role repairer": NO_CLUSTER,
+    # the same request to the real server, and the same promtool runs, in the monitoring tests
+    "curl -s -H \"Authorization: Bearer $METRICS_TOKEN\" https://admin.example.com/metrics | grep "
+    "'^butter_generation_stuck_batches'": "tests/test_monitoring_e2e.py::test_prometheus_reads_the_stuck_count_and_the_pushed_run",
+    "promtool check rules deploy/prometheus/alerts.yml": "tests/test_alerts.py::test_the_rules_pass_promtool_check",
+    "promtool test rules deploy/prometheus/alerts.test.yml": "tests/test_alerts.py::test_the_rules_pass_their_unit_tests",
 }
 
 
@@ -652,7 +657,7 @@ def test_documented_sql_runs():
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_documented_query_finds_the_run_holding_the_advisory_lock():
-    from generation.services import ADVISORY_LOCK_KEY
+    from generation.db import ADVISORY_LOCK_KEY
 
     [query] = [block for block in fenced("sql") if "pg_locks" in block]
     assert str(ADVISORY_LOCK_KEY) in query

@@ -14,11 +14,11 @@ import pytest
 from django.core.management import load_command_class
 from django.db import connection
 
-from generation import rules, services
+from generation import pages, rules, services
 from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
 from generation.rules import Counters
 
-from .factories import OUTSIDE, make_batch, make_lock
+from .factories import OUTSIDE, job, make_batch, make_lock
 from .helpers import manage
 from .simulator import backend_connection
 
@@ -93,23 +93,23 @@ def applied_or_untouched(planted, orphans):
     return applied, untouched
 
 
-def wrap(monkeypatch, name, make_wrapper):
-    monkeypatch.setattr(services, name, make_wrapper(getattr(services, name)))
+def wrap(monkeypatch, module, name, make_wrapper):
+    monkeypatch.setattr(module, name, make_wrapper(getattr(module, name)))
 
 
 def kill_inside_second_status_page(monkeypatch):
     calls = []
 
     def make(real):
-        def write(*args, **kwargs):
-            records = real(*args, **kwargs)
+        def release_and_record(*args, **kwargs):
+            released = real(*args, **kwargs)
             calls.append(1)
             if len(calls) == 2:
-                kill_django_connection()  # written, not yet committed
-            return records
-        return write
+                kill_django_connection()  # written, locks released, records copied: not yet committed
+            return released
+        return release_and_record
 
-    wrap(monkeypatch, "_write_repairs", make)
+    wrap(monkeypatch, pages, "_release_and_record", make)
     return 3  # page 1 committed before the kill
 
 
@@ -122,7 +122,7 @@ def kill_between_second_and_third_status_page(monkeypatch):
                     kill_django_connection()  # page 2 committed; page 3 not selected yet
         return pages
 
-    wrap(monkeypatch, "_keyset_pages", make)
+    wrap(monkeypatch, services, "keyset_pages", make)
     return 6
 
 
@@ -134,7 +134,7 @@ def kill_inside_first_lock_page(monkeypatch):
             return result
         return lock_page
 
-    wrap(monkeypatch, "_process_lock_page", make)
+    wrap(monkeypatch, services, "lock_page", make)
     return 12  # every status page committed, no lock page
 
 
@@ -210,7 +210,7 @@ def test_lock_timeout_on_a_page_rolls_it_back_reports_it_and_the_run_continues()
         backend.execute("SELECT id FROM account_generation_locks WHERE lock_id = %s FOR UPDATE",
                         [first_page[1].lock_id])
         started = time.monotonic()
-        report = services.cleanup(**params)
+        report = services.cleanup(job=job(**params))
         elapsed = time.monotonic() - started
 
     assert elapsed < 3, f"the run waited {elapsed:.1f}s"
@@ -232,7 +232,7 @@ def test_lock_timeout_on_a_page_rolls_it_back_reports_it_and_the_run_continues()
     assert (run.outcome, run.repaired_no_active_tasks) == ("errors", 3)
     assert "lock timeout" in run.error
 
-    retry = services.cleanup(**params)
+    retry = services.cleanup(job=job(**params))
     assert (retry.outcome, retry.statuses.repaired, retry.statuses.locks_released) == ("ok", 3, 3)
     assert RepairRecord.objects.count() == 12
 
@@ -273,7 +273,7 @@ def test_statement_timeout_on_a_page_rolls_it_back_reports_it_and_the_run_contin
     slow_update_of(slow[1].pk, seconds=4)
 
     started = time.monotonic()
-    report = services.cleanup_from_settings(trigger="command")
+    report = services.cleanup(job=job(), trigger="command")
     elapsed = time.monotonic() - started
 
     assert elapsed < 3.5, f"the slow page ran {elapsed:.1f}s: the statement was not cancelled"

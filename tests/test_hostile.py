@@ -19,10 +19,11 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from generation import rules, services
+from generation.db import database_now
 from generation.models import GenerationLock, GenerationStatus, RepairRecord
 from generation.rules import Counters
 
-from .factories import make_batch
+from .factories import job, make_batch
 from .helpers import ROOT, manage
 
 BIG = 2**63 - 1  # the bigint limit
@@ -143,7 +144,7 @@ def insert_raw(rows):
                 "INSERT INTO account_generation_status (created_at, updated_at, account_id, content_type, "
                 "total_requested, total_queued, total_processing, total_completed, total_failed, status, lock_id) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                [services.database_now() - timedelta(hours=5), services.database_now() - timedelta(hours=4),
+                [database_now() - timedelta(hours=5), database_now() - timedelta(hours=4),
                  len(ids) + 1, content_type, total, queued, processing, completed, failed, status,
                  f"odd-lock-{len(ids)}"])
             ids.append(cursor.fetchone()[0])
@@ -230,7 +231,7 @@ def counters_and_status(batch):
 
 @pytest.mark.django_db
 def test_odd_locks_are_expired_or_left_without_harm():
-    now = services.database_now()
+    now = database_now()
     with connection.cursor() as cursor:
         for account, content_type, locked_at, lock_id in [
             (1, "podcast", now - timedelta(hours=4), "unknown-type"),
@@ -241,7 +242,7 @@ def test_odd_locks_are_expired_or_left_without_harm():
             cursor.execute("INSERT INTO account_generation_locks (created_at, account_id, content_type, locked_at, "
                            "lock_id) VALUES (%s, %s, %s, %s, %s)", [locked_at, account, content_type, locked_at,
                                                                     lock_id])
-    report = services.cleanup(stuck_after=timedelta(hours=3), lock_ttl=timedelta(hours=3))
+    report = services.cleanup(job=job(stuck_after=timedelta(hours=3), lock_ttl=timedelta(hours=3)))
     assert (report.outcome, report.locks.removed) == ("ok", 3)
     assert list(GenerationLock.objects.values_list("lock_id", flat=True)) == ["from-the-future"]
     assert RepairRecord.objects.filter(kind="lock", rule="expired_lock").count() == 3

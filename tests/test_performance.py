@@ -16,10 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from generation import rules, services
+from generation.db import database_now, keyset_pages
 from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
+from generation.results import CleanupReport
 from generation.rules import Counters, Rule
 
-from .factories import OUTSIDE, make_batch, make_lock
+from .factories import OUTSIDE, job, make_batch, make_lock
 from .simulator import backend_connection
 
 PARAMS = {"stuck_after": timedelta(hours=3), "lock_ttl": timedelta(hours=3), "batch_size": 500,
@@ -67,9 +69,9 @@ def fill(*, stuck_every, locks=0):
 
 
 def page_queries(candidates, pages):
-    """The SQL of the first `pages` keyset pages, exactly as services._keyset_pages sends it."""
+    """The SQL of the first `pages` keyset pages, exactly as db.keyset_pages sends it."""
     with CaptureQueriesContext(connection) as captured:
-        iterator = services._keyset_pages(candidates, PARAMS["batch_size"])
+        iterator = keyset_pages(candidates, PARAMS["batch_size"])
         for _ in range(pages):
             next(iterator, None)
     return [query["sql"] for query in captured.captured_queries]
@@ -86,8 +88,8 @@ def plan_of(query):
 @pytest.mark.parametrize("stuck_every", [10, 250, 0], ids=["backlog-20000", "backlog-800", "quiet"])
 def test_candidate_pages_scan_the_partial_index_not_the_table(stuck_every):
     fill(stuck_every=stuck_every)
-    cutoff = services.database_now() - PARAMS["stuck_after"]
-    queries = page_queries(services._stuck_candidates(cutoff=cutoff), pages=3)
+    cutoff = database_now() - PARAMS["stuck_after"]
+    queries = page_queries(services.stuck_candidates(cutoff=cutoff), pages=3)
     first, later = queries[0], queries[-1]
     if stuck_every:
         assert len(queries) == 3 and '"id" > 0' not in later, "the third query is a later keyset page"
@@ -101,8 +103,8 @@ def test_candidate_pages_scan_the_partial_index_not_the_table(stuck_every):
 @pytest.mark.django_db
 def test_expired_lock_pages_scan_the_locked_at_index():
     fill(stuck_every=0, locks=TABLE_ROWS)
-    cutoff = services.database_now() - PARAMS["lock_ttl"]
-    first, *_, later = page_queries(services._expired_lock_candidates(cutoff=cutoff), pages=3)
+    cutoff = database_now() - PARAMS["lock_ttl"]
+    first, *_, later = page_queries(services.expired_lock_candidates(cutoff=cutoff), pages=3)
     for query in (first, later):
         plan = plan_of(query)
         assert "aglocks_locked_at_idx" in plan, plan
@@ -113,7 +115,7 @@ def test_expired_lock_pages_scan_the_locked_at_index():
 @pytest.mark.django_db
 def test_the_check_for_unjudgeable_batches_scans_indexes_not_the_table():
     fill(stuck_every=0)
-    report = services.CleanupReport(trigger="command", dry_run=True, now=services.database_now())
+    report = CleanupReport(trigger="command", dry_run=True, now=database_now())
     with CaptureQueriesContext(connection) as captured:
         services._report_anomalies(report)
     unknown, never = [query["sql"] for query in captured.captured_queries]
@@ -135,7 +137,7 @@ OVERFLOWING = {(10, 2, 5, 6, 0), (10, 3, 0, 7, 2)}  # the only rule that release
 def make_page(size):
     """`size` stuck batches cycling through every rule (stalled ones past the fail-stalled window), each
     holding a lock, and as many expired locks of no batch."""
-    now = services.database_now()
+    now = database_now()
     GenerationStatus.objects.bulk_create(
         GenerationStatus(account_id=n, content_type="video", status="processing", updated_at=now - timedelta(hours=5),
                          lock_id=f"batch-{n}", **Counters(*SHAPES[n % len(SHAPES)]).as_dict())
@@ -152,14 +154,14 @@ def make_page(size):
 # INSERTs there: the constant count is PostgreSQL's (COPY), where production runs.
 @pytest.mark.parametrize("dry_run", [pytest.param(False, marks=pytest.mark.postgres), True], ids=["run", "dry-run"])
 def test_a_page_of_200_costs_the_queries_of_a_page_of_5(dry_run):
-    params = {**PARAMS, "fail_stalled_after": timedelta(hours=4), "dry_run": dry_run}
+    params = {**PARAMS, "fail_stalled_after": timedelta(hours=4)}
     counts = {}
     for size in (5, 200):
         GenerationStatus.objects.all().delete()
         GenerationLock.objects.all().delete()
         make_page(size)
         with CaptureQueriesContext(connection) as captured:
-            report = services.cleanup(**params)
+            report = services.cleanup(job=job(**params), dry_run=dry_run)
         assert report.statuses.examined == size and report.locks.expired == size
         assert report.statuses.repaired == size
         counts[size] = [query["sql"].split(None, 1)[0] for query in captured.captured_queries]
@@ -213,12 +215,12 @@ def check_the_real_path_against_rules(batches):
     """Through the real path (lock, decide with rules.py, one UPDATE per rule computed in SQL, records): every
     row ends as rules.decide() says, and its records' `after` is what the row holds."""
     GenerationStatus.objects.all().delete()
-    idle_since = services.database_now() - timedelta(hours=5)
+    idle_since = database_now() - timedelta(hours=5)
     rows = GenerationStatus.objects.bulk_create([
         GenerationStatus(account_id=n, content_type="video", status=status, updated_at=idle_since, **c.as_dict())
         for n, (c, status, _) in enumerate(batches)])
-    services.repair_selected(ids=[row.pk for row in rows], mode=services.Mode.FORCE)
-    services.repair_selected(ids=[row.pk for row, (*_, fail) in zip(rows, batches, strict=True) if fail],
+    services.repair_selected(job=job(), ids=[row.pk for row in rows], mode=services.Mode.FORCE)
+    services.repair_selected(job=job(), ids=[row.pk for row, (*_, fail) in zip(rows, batches, strict=True) if fail],
                              mode=services.Mode.FAIL_STALLED)
     stored = {row.pk: row for row in GenerationStatus.objects.filter(pk__in=[row.pk for row in rows])}
     records = {}
@@ -276,7 +278,7 @@ def test_a_table_lock_on_the_locks_table_times_out_each_blocked_page_and_the_run
     with backend_connection(connection) as backend, backend.transaction():
         backend.execute("LOCK TABLE account_generation_locks IN EXCLUSIVE MODE")
         started = time.monotonic()
-        report = services.cleanup_from_settings(trigger="command", batch_size=3)
+        report = services.cleanup(job=job(batch_size=3), trigger="command")
         elapsed = time.monotonic() - started
 
     assert 0.55 < elapsed < 3, f"two pages should each wait 0.3 s, the run took {elapsed:.1f}s"
@@ -296,7 +298,7 @@ def test_a_table_lock_on_the_locks_table_times_out_each_blocked_page_and_the_run
     run = CleanupRun.objects.get(pk=report.run_id)
     assert (run.outcome, run.repaired_counter_overflow) == ("errors", 3) and "lock timeout" in run.error
 
-    retry = services.cleanup_from_settings(trigger="command", batch_size=3)
+    retry = services.cleanup(job=job(batch_size=3), trigger="command")
     assert (retry.outcome, retry.statuses.repaired, retry.statuses.locks_released, retry.locks.removed) == (
         "ok", 3, 3, 1)
 
@@ -313,7 +315,7 @@ def test_an_access_exclusive_lock_on_the_status_table_bounds_the_candidate_selec
     with backend_connection(connection) as backend, backend.transaction():
         backend.execute("LOCK TABLE account_generation_status IN ACCESS EXCLUSIVE MODE")
         started = time.monotonic()
-        report = services.cleanup(**params)
+        report = services.cleanup(job=job(**params))
         elapsed = time.monotonic() - started
 
     assert elapsed < 3, f"the run waited {elapsed:.1f}s"
@@ -327,7 +329,7 @@ def test_an_access_exclusive_lock_on_the_status_table_bounds_the_candidate_selec
     assert report.statuses.failed_batches == 2 and report.locks.failed_batches == 1
     assert GenerationLock.objects.count() == 2 and not RepairRecord.objects.exists()
 
-    retry = services.cleanup(**params)
+    retry = services.cleanup(job=job(**params))
     assert (retry.outcome, retry.statuses.repaired, retry.locks.removed) == ("ok", 1, 1)
     batch.refresh_from_db()
     assert batch.status == "failed"
@@ -347,7 +349,7 @@ def test_each_page_commits_and_releases_its_row_locks_before_the_next_one_starts
                                    "FOR UPDATE NOWAIT", [ids]).fetchall()
         seen.append((kind, len(ids), len(locked)))
 
-    report = services.cleanup(**{**PARAMS, "batch_size": 2}, on_page=after_page)
+    report = services.cleanup(job=job(**{**PARAMS, "batch_size": 2}), on_page=after_page)
     assert report.statuses.repaired == 6
     assert seen == [("statuses", 2, 2)] * 3
     assert {b.pk for b in batches} == set(RepairRecord.objects.values_list("target_id", flat=True))

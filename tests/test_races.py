@@ -15,11 +15,11 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from generation import services
+from generation import pages, services
 from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
 from generation.rules import Counters
 
-from .factories import OUTSIDE, counters_of, make_batch, make_lock
+from .factories import OUTSIDE, counters_of, job, make_batch, make_lock
 from .helpers import Thread
 from .simulator import SQL, backend_connection
 
@@ -31,7 +31,7 @@ PARAMS = {"stuck_after": timedelta(hours=3), "lock_ttl": timedelta(hours=3), "ba
 
 def before_page(monkeypatch, model, backend_step):
     """Run backend_step() once, after the cleanup selected a page of `model` rows and before it locks them."""
-    real = services._keyset_pages
+    real = services.keyset_pages
     ran = []
 
     def pages(queryset, batch_size):
@@ -41,7 +41,7 @@ def before_page(monkeypatch, model, backend_step):
                 ran.append(ids)
             yield ids
 
-    monkeypatch.setattr(services, "_keyset_pages", pages)
+    monkeypatch.setattr(services, "keyset_pages", pages)
     return ran
 
 
@@ -59,7 +59,7 @@ def test_a_batch_the_backend_finishes_between_selection_and_locking_is_not_touch
                 assert backend.execute(SQL["release"], [lock_id]).rowcount == 1
 
     ran = before_page(monkeypatch, GenerationStatus, backend_completes_and_finishes)
-    report = services.cleanup(**{**PARAMS, "fail_stalled_after": timedelta(hours=3)})
+    report = services.cleanup(job=job(**{**PARAMS, "fail_stalled_after": timedelta(hours=3)}))
 
     assert ran == [[racing.pk, control.pk]]
     assert (report.statuses.moved_on, report.statuses.repaired, report.statuses.locks_released) == (1, 1, 1)
@@ -103,7 +103,7 @@ def test_a_lock_released_and_retaken_between_selection_and_deletion_survives(mon
                 backend.execute(SQL["create_lock"], [account, old.content_type, new_lock_id])
 
     ran = before_page(monkeypatch, model, backend_retakes)
-    report = services.cleanup(**PARAMS)
+    report = services.cleanup(job=job(**PARAMS))
 
     assert ran, "the backend step never ran"
     survivor = GenerationLock.objects.get(account_id=account, content_type=old.content_type)
@@ -128,9 +128,9 @@ def test_a_row_held_for_update_by_another_connection_is_skipped_not_waited_on():
         backend.execute("SELECT id FROM account_generation_status WHERE id = %s FOR UPDATE", [held_batch.pk])
         backend.execute("SELECT id FROM account_generation_locks WHERE id = %s FOR UPDATE", [held_lock.pk])
         started = time.monotonic()
-        report = services.cleanup(**PARAMS)  # lock_timeout 5 s: a wait would show
-        admin = services.repair_selected(ids=[held_batch.pk], mode=services.Mode.FORCE)
-        by_hand = services.release_locks(ids=[held_lock.pk])
+        report = services.cleanup(job=job(**PARAMS))  # lock_timeout 5 s: a wait would show
+        admin = services.repair_selected(job=job(), ids=[held_batch.pk], mode=services.Mode.FORCE)
+        by_hand = services.release_locks(job=job(), ids=[held_lock.pk])
         elapsed = time.monotonic() - started
 
     assert elapsed < 2, f"waited {elapsed:.1f}s on held rows"
@@ -144,7 +144,7 @@ def test_a_row_held_for_update_by_another_connection_is_skipped_not_waited_on():
     assert not GenerationLock.objects.filter(pk=free_lock.pk).exists()
     assert not RepairRecord.objects.filter(target_id__in=[held_batch.pk, held_lock.pk]).exists()
 
-    retry = services.cleanup(**PARAMS)  # the backend let go: the next run takes them
+    retry = services.cleanup(job=job(**PARAMS))  # the backend let go: the next run takes them
     assert (retry.statuses.repaired, retry.locks.removed, retry.statuses.skipped_busy) == (1, 1, 0)
 
 
@@ -158,7 +158,7 @@ def test_admin_action_and_command_on_the_same_rows_at_once_repair_each_row_once(
     # a page of the same rows (and found them busy).
     holder, holder_lock = [], threading.Lock()
     other_paged = threading.Event()
-    real_write, real_page = services._write_repairs, services._process_status_page
+    real_write, real_page = pages._write, services.status_page
 
     def write(*args, **kwargs):
         with holder_lock:
@@ -175,8 +175,8 @@ def test_admin_action_and_command_on_the_same_rows_at_once_repair_each_row_once(
             other_paged.set()
         return result
 
-    monkeypatch.setattr(services, "_write_repairs", write)
-    monkeypatch.setattr(services, "_process_status_page", page)
+    monkeypatch.setattr(pages, "_write", write)
+    monkeypatch.setattr(services, "status_page", page)
     start = threading.Barrier(2)
 
     def command():
@@ -187,7 +187,7 @@ def test_admin_action_and_command_on_the_same_rows_at_once_repair_each_row_once(
 
     def admin_action():
         start.wait(10)
-        return services.repair_selected(ids=ids, mode=services.Mode.SCHEDULED).as_dict()
+        return services.repair_selected(job=job(), ids=ids, mode=services.Mode.SCHEDULED).as_dict()
 
     threads = [Thread(command), Thread(admin_action)]
     for thread in threads:

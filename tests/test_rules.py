@@ -1,4 +1,4 @@
-"""The rules of spec/repair-rules.md, without a database: worked examples first, then properties."""
+"""The rules of docs/contract.md, without a database: worked examples first, then properties."""
 
 import itertools
 

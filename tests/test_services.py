@@ -11,11 +11,12 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 
-from generation import services
+from generation import results, services
+from generation.demo import seed_demo_data
 from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
-from generation.rules import Counters
+from generation.rules import COUNTER_FIELDS, REPAIRS, Counters
 
-from .factories import INSIDE, OUTSIDE, WINDOW, counters_of, make_batch, make_lock
+from .factories import INSIDE, OUTSIDE, WINDOW, counters_of, job, make_batch, make_lock, snapshot_of
 
 pytestmark = pytest.mark.django_db
 
@@ -178,7 +179,7 @@ def test_every_record_holds_the_values_before_and_after():
     batch.refresh_from_db()
     assert record.before["total_processing"] == 2 and record.before["status"] == "processing"
     assert record.before["completed_at"] is None
-    assert record.after == services.status_snapshot(batch)
+    assert record.after == snapshot_of(batch)
     lock_record = RepairRecord.objects.get(kind="lock")
     assert (lock_record.rule, lock_record.before["lock_id"], lock_record.after) == (
         "released_with_batch", batch.lock_id, None)
@@ -285,7 +286,7 @@ def test_small_batches_page_through_everything():
 
 
 def test_details_are_capped(monkeypatch):
-    monkeypatch.setattr(services, "DETAILS_CAP", 3)
+    monkeypatch.setattr(results, "DETAILS_CAP", 3)
     for _ in range(5):
         make_batch((4, 0, 0, 0, 0))
     report, _ = run_command()
@@ -298,36 +299,38 @@ def test_repair_selected_scheduled_leaves_fresh_rows_alone():
     stuck = make_batch((4, 0, 0, 0, 0))
     fresh = make_batch((4, 0, 0, 0, 0), idle=timedelta(minutes=5))
     done = make_batch((4, 0, 0, 4, 0), status="completed")
-    report = services.repair_selected(ids=[stuck.pk, fresh.pk, done.pk])
+    report = services.repair_selected(job=job(), ids=[stuck.pk, fresh.pk, done.pk])
     assert report.statuses.by_rule["no_active_tasks"] == 1
-    reasons = {d.id: d.rule for d in report.statuses.details}
-    assert reasons == {stuck.pk: "no_active_tasks", fresh.pk: "not_stuck", done.pk: "finished"}
+    # a row left alone is called what the list's diagnosis calls it
+    reasons = {d.id: (d.rule, d.left_alone) for d in report.statuses.details}
+    assert reasons == {stuck.pk: ("no_active_tasks", False), fresh.pk: ("healthy", True), done.pk: ("finished", True)}
     assert counters_of(fresh).total_failed == 0
     assert CleanupRun.objects.get(pk=report.run_id).trigger == "admin"
 
 
 def test_repair_selected_force_ignores_the_window_and_preview_writes_nothing():
     fresh = make_batch((4, 0, 0, 0, 0), idle=timedelta(minutes=5))
-    preview = services.repair_selected(ids=[fresh.pk], mode=services.Mode.FORCE, dry_run=True)
+    preview = services.repair_selected(job=job(), ids=[fresh.pk], mode=services.Mode.FORCE, dry_run=True)
     assert preview.statuses.details[0].after["total_failed"] == 4
     assert counters_of(fresh).total_failed == 0 and CleanupRun.objects.count() == 0
-    services.repair_selected(ids=[fresh.pk], mode=services.Mode.FORCE)
+    services.repair_selected(job=job(), ids=[fresh.pk], mode=services.Mode.FORCE)
     assert counters_of(fresh).total_failed == 4
 
 
 def test_repair_selected_fail_stalled_only_touches_stalled_rows():
     stalled = make_batch((10, 1, 1, 3, 2), idle=timedelta(minutes=5))
     other = make_batch((4, 0, 0, 0, 0))
-    report = services.repair_selected(ids=[stalled.pk, other.pk], mode=services.Mode.FAIL_STALLED)
+    report = services.repair_selected(job=job(), ids=[stalled.pk, other.pk], mode=services.Mode.FAIL_STALLED)
     assert counters_of(stalled) == Counters(10, 0, 0, 3, 7)
     assert counters_of(other).total_failed == 0
-    assert {d.id: d.rule for d in report.statuses.details} == {stalled.pk: "stalled_failed", other.pk: "not_stalled"}
+    details = {d.id: (d.rule, d.left_alone, d.applied) for d in report.statuses.details}
+    assert details == {stalled.pk: ("stalled_failed", False, True), other.pk: ("no_active_tasks", True, False)}
 
 
 def test_release_locks_by_hand_records_each():
     batch = make_batch((10, 1, 1, 3, 2), idle=timedelta(minutes=5), lock_held_for=timedelta(minutes=5))
     lock = GenerationLock.objects.get(lock_id=batch.lock_id)
-    report = services.release_locks(ids=[lock.pk, 987654])
+    report = services.release_locks(job=job(), ids=[lock.pk, 987654])
     assert report.locks.removed == 1 and report.locks.skipped_busy == 1
     assert not GenerationLock.objects.filter(pk=lock.pk).exists()
     record = RepairRecord.objects.get(kind="lock")
@@ -406,3 +409,24 @@ def test_many_anomalies_are_counted_exactly_and_named_up_to_the_cap(monkeypatch)
     report, _ = run_command()
     assert report["statuses"]["unknown_status"] == 5
     assert len(report["errors"]) == 3 and report["errors"][-1] == "3 more batches like these (unknown_status); not changed"
+
+
+def test_the_dry_run_predicts_exactly_what_the_real_run_then_does():
+    """Same batches, same rules, same values after (counters, status, whether it finishes), same locks, on the
+    demo's mix of every rule, with a fail-stalled window so that every repair rule occurs."""
+    seed_demo_data(count=300, seed=7, lock_ttl=timedelta(hours=3))
+    the_job = job(fail_stalled_after=timedelta(hours=30))
+    dry = services.cleanup(job=the_job, dry_run=True)
+    assert not dry.statuses.details_truncated and CleanupRun.objects.count() == 0
+    predicted = {d.id: (d.rule, {k: d.after[k] for k in (*COUNTER_FIELDS, "status")}, d.after["completed_at"] is None)
+                 for d in dry.statuses.details if d.rule in REPAIRS}
+    predicted_locks = sorted(d.id for d in dry.locks.details)
+
+    real = services.cleanup(job=the_job)
+    records = RepairRecord.objects.filter(run_id=real.run_id, kind="status")
+    done = {r.target_id: (r.rule, {k: r.after[k] for k in (*COUNTER_FIELDS, "status")}, r.after["completed_at"] is None)
+            for r in records}
+    assert done == predicted and {rule for rule, *_ in done.values()} == set(REPAIRS)
+    assert sorted(d.id for d in real.locks.details) == predicted_locks
+    assert (real.statuses.by_rule, real.statuses.locks_released, real.statuses.stalled, real.statuses.corrupt) == (
+        dry.statuses.by_rule, dry.statuses.locks_released, dry.statuses.stalled, dry.statuses.corrupt)

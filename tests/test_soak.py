@@ -31,6 +31,7 @@ from generation import rules, services
 from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
 from generation.rules import Counters
 
+from .factories import job
 from .simulator import Simulator, conninfo_from_django
 
 # ~60 s of simulated traffic; the timeout leaves room for a slow machine (pyproject sets 120 s for the rest)
@@ -139,7 +140,7 @@ class CleanupLoop:
             report = json.loads(out.getvalue())
             self.reports.append(report)
         else:
-            report = services.cleanup(**params).as_dict()
+            report = services.cleanup(job=job(**params)).as_dict()
             self.reports.append(report)
         if report["outcome"] != "ok":
             self.problems.append(f"run #{report['run_id']}: {report['outcome']} {report['errors']}")
@@ -264,7 +265,7 @@ def test_soak_no_lost_increment_and_every_repair_recorded(row_history, quiet_eve
     # the backend has stopped: wait out both windows, then one last run reports what is left
     time.sleep(max(STUCK_AFTER, LOCK_TTL).total_seconds() + 0.5)
     final_details = []
-    final = services.cleanup(stuck_after=STUCK_AFTER, lock_ttl=LOCK_TTL, batch_size=500,
+    final = services.cleanup(job=job(stuck_after=STUCK_AFTER, lock_ttl=LOCK_TTL, batch_size=500),
                              on_page=lambda kind, details: final_details.extend(details) if kind == "statuses" else None)
 
     history = list(_history())

@@ -13,10 +13,12 @@ from django.core.management.base import CommandError
 from django.db import connection, connections
 
 from generation import services, undo
+from generation.db import database_now
 from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
+from generation.report import format_undo_summary
 from generation.rules import Counters
 
-from .factories import OUTSIDE, counters_of, make_batch, make_lock
+from .factories import OUTSIDE, counters_of, job, make_batch, make_lock, snapshot_of
 from .helpers import manage
 
 PARAMS = {"stuck_after": timedelta(hours=3), "lock_ttl": timedelta(hours=3), "batch_size": 100,
@@ -26,7 +28,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def repair(**overrides):
-    report = services.cleanup(**{**PARAMS, **overrides})
+    report = services.cleanup(job=job(**{**PARAMS, **overrides}))
     assert report.outcome == "ok", report.errors
     return report
 
@@ -62,7 +64,7 @@ def run_undo(*args):
 ])
 def test_undo_puts_back_the_values_before_and_records_itself(counters, rule, fail_stalled):
     batch = make_batch(counters, lock_held_for=timedelta(minutes=10))
-    original = snapshot(batch)
+    original, make_batch_updated_at = snapshot(batch), batch.updated_at
     lock = GenerationLock.objects.get(lock_id=batch.lock_id)
     repair(fail_stalled_after=timedelta(hours=3) if fail_stalled else None)
     record = status_record(batch)
@@ -71,16 +73,17 @@ def test_undo_puts_back_the_values_before_and_records_itself(counters, rule, fai
     finishes = rule != "counter_overflow"
     assert GenerationLock.objects.filter(pk=lock.pk).exists() is not finishes
 
-    report = undo.undo_records(ids=[record.pk])
+    report = undo.undo_records(job=job(), ids=[record.pk])
 
     assert snapshot(batch) == original
-    assert batch.updated_at > repaired_at  # a change like any other: not idle again, not repaired again at once
+    # exactly as it was: idle since before the repair, so stuck again (the next run repairs it again)
+    assert batch.updated_at == make_batch_updated_at < repaired_at
     undone = [o for o in report.outcomes if o.undone]
     assert len(undone) == (2 if finishes else 1) and not report.refused
     undo_record = RepairRecord.objects.get(undo_of=record)
     assert (undo_record.rule, undo_record.kind, undo_record.target_id) == ("undo", "status", batch.pk)
     assert undo_record.before == record.after  # what the row held: exactly what the repair left
-    assert undo_record.after == services.status_snapshot(batch)
+    assert undo_record.after == snapshot_of(batch)
     run = CleanupRun.objects.get(pk=report.run_id)
     assert (run.trigger, run.outcome, undo_record.run_id) == ("command", "ok", run.pk)
     if finishes:  # the lock released with the batch is taken back in the same undo
@@ -96,10 +99,10 @@ def test_a_row_the_backend_wrote_since_the_repair_is_refused_and_nothing_changes
     repair()
     record = status_record(batch)
     # a late worker completes a task: C+1 and updated_at, as the backend saves it
-    GenerationStatus.objects.filter(pk=batch.pk).update(total_completed=7, updated_at=services.database_now())
+    GenerationStatus.objects.filter(pk=batch.pk).update(total_completed=7, updated_at=database_now())
     before_undo = snapshot(batch), batch.updated_at
 
-    report = undo.undo_records(ids=[record.pk])
+    report = undo.undo_records(job=job(), ids=[record.pk])
 
     [refused, lock_refused] = report.outcomes
     assert refused.reason.startswith("the row changed since the repair: updated_at is ")
@@ -115,7 +118,7 @@ def test_a_changed_column_is_named_in_the_refusal():
     repair()
     record = status_record(batch)
     GenerationStatus.objects.filter(pk=batch.pk).update(total_processing=3)  # updated_at untouched
-    [refused] = undo.undo_records(ids=[record.pk]).outcomes
+    [refused] = undo.undo_records(job=job(), ids=[record.pk]).outcomes
     assert refused.reason == "the row changed since the repair: total_processing is 3, the repair left 2"
     assert counters_of(batch) == Counters(10, 2, 3, 6, 0)
 
@@ -124,11 +127,11 @@ def test_refusals_already_undone_undo_of_an_undo_unknown_and_deleted():
     done, gone = make_batch((10, 0, 0, 6, 1)), make_batch((4, 0, 0, 0, 0))
     repair()
     done_record, gone_record = status_record(done), status_record(gone)
-    first = undo.undo_records(ids=[done_record.pk])
+    first = undo.undo_records(job=job(), ids=[done_record.pk])
     undo_record = RepairRecord.objects.get(undo_of=done_record)
     GenerationStatus.objects.filter(pk=gone.pk).delete()
 
-    report = undo.undo_records(ids=[done_record.pk, undo_record.pk, gone_record.pk, 987654])
+    report = undo.undo_records(job=job(), ids=[done_record.pk, undo_record.pk, gone_record.pk, 987654])
 
     reasons = {o.record_id: o.reason for o in report.outcomes}
     assert reasons == {
@@ -148,7 +151,7 @@ def test_an_expired_lock_comes_back_only_to_a_free_place():
     assert not GenerationLock.objects.exists()
     newcomer = make_lock(account_id=2, held_for=timedelta(minutes=1))  # the backend took account 2 again
 
-    report = undo.undo_records(ids=[lock_record(free.lock_id).pk, lock_record(taken.lock_id).pk])
+    report = undo.undo_records(job=job(), ids=[lock_record(free.lock_id).pk, lock_record(taken.lock_id).pk])
 
     outcomes = {o.target_id: o for o in report.outcomes}
     assert outcomes[free.pk].undone
@@ -158,7 +161,7 @@ def test_an_expired_lock_comes_back_only_to_a_free_place():
     assert outcomes[taken.pk].reason == f"account 2 video holds another lock now ({newcomer.lock_id})"
     assert set(GenerationLock.objects.values_list("pk", flat=True)) == {free.pk, newcomer.pk}
 
-    again = undo.undo_records(ids=[lock_record(free.lock_id).pk])
+    again = undo.undo_records(job=job(), ids=[lock_record(free.lock_id).pk])
     assert again.outcomes[0].reason.startswith("already undone by record #")
 
 
@@ -171,12 +174,12 @@ def test_undoing_repairs_of_one_row_goes_newest_first():
     older, newer = RepairRecord.objects.filter(target_id=batch.pk, kind="status").order_by("id")
     assert (older.rule, newer.rule) == ("counter_overflow", "stalled_failed")
 
-    [out_of_order] = undo.undo_records(ids=[older.pk]).outcomes
+    [out_of_order] = undo.undo_records(job=job(), ids=[older.pk]).outcomes
     assert out_of_order.reason == f"a later repair of this batch (record #{newer.pk}) stands: undo that one first"
 
-    preview = undo.undo_records(ids=[older.pk, newer.pk], dry_run=True)
+    preview = undo.undo_records(job=job(), ids=[older.pk, newer.pk], dry_run=True)
     assert [(o.record_id, o.refused) for o in preview.outcomes] == [(newer.pk, False), (older.pk, False)], preview
-    report = undo.undo_records(ids=[older.pk, newer.pk])
+    report = undo.undo_records(job=job(), ids=[older.pk, newer.pk])
     assert [o.record_id for o in report.outcomes] == [newer.pk, older.pk] and not report.refused
     assert snapshot(batch)[:2] == original[:2]
 
@@ -187,20 +190,20 @@ def test_dry_run_says_what_would_happen_and_writes_nothing():
     record = status_record(batch)
     runs, records, after_repair = CleanupRun.objects.count(), RepairRecord.objects.count(), snapshot(batch)
 
-    report = undo.undo_records(ids=[record.pk], dry_run=True)
+    report = undo.undo_records(job=job(), ids=[record.pk], dry_run=True)
 
     assert [(o.undone, o.refused) for o in report.outcomes] == [(False, False), (False, False)]
     assert report.outcomes[0].restored["total_failed"] == 1
     assert (CleanupRun.objects.count(), RepairRecord.objects.count(), snapshot(batch)) == (runs, records, after_repair)
     assert not GenerationLock.objects.exists()
-    assert undo.format_summary(report) == "DRY RUN: would undo 2, would refuse 0 of 2 records"
+    assert format_undo_summary(report) == "DRY RUN: would undo 2, would refuse 0 of 2 records"
 
 
 def test_admin_trigger_and_actor_are_recorded():
     user = get_user_model().objects.create_user("operator")
     batch = make_batch((4, 0, 0, 0, 0))
     repair()
-    report = undo.undo_records(ids=[status_record(batch).pk], actor=user, trigger="admin")
+    report = undo.undo_records(job=job(), ids=[status_record(batch).pk], actor=user, trigger="admin")
     run = CleanupRun.objects.get(pk=report.run_id)
     assert (run.trigger, run.actor, RepairRecord.objects.get(rule="undo").actor) == ("admin", user, user)
 
@@ -264,7 +267,7 @@ def test_a_lock_taken_by_the_backend_during_the_undo_refuses_it_cleanly(monkeypa
         return refusal
 
     monkeypatch.setattr(undo, "_lock_refusal", check_then_backend_takes_the_place)
-    report = undo.undo_records(ids=[lock_record(racing.lock_id).pk, lock_record(calm.lock_id).pk])
+    report = undo.undo_records(job=job(), ids=[lock_record(racing.lock_id).pk, lock_record(calm.lock_id).pk])
 
     outcomes = {o.target_id: o for o in report.outcomes}
     assert outcomes[racing.pk].reason == "account 1 video holds another lock now (the-backend-was-faster)"
@@ -282,7 +285,7 @@ def test_a_row_held_by_the_backend_is_refused_after_the_lock_timeout(settings):
     with backend_connection(connection) as backend, backend.transaction():
         backend.execute("SELECT id FROM account_generation_status WHERE id = %s FOR UPDATE", [batch.pk])
         started = time.monotonic()
-        [busy] = undo.undo_records(ids=[status_record(batch).pk]).outcomes
+        [busy] = undo.undo_records(job=job(), ids=[status_record(batch).pk]).outcomes
         elapsed = time.monotonic() - started
     assert elapsed < 3
     assert busy.reason.startswith("the row is locked by another transaction (gave up after the lock timeout): ")
@@ -312,7 +315,7 @@ def test_a_worker_increment_during_the_undo_waits_and_is_not_lost(monkeypatch):
         return result
 
     monkeypatch.setattr(undo, "_undo_status", undo_while_a_worker_completes)
-    report = undo.undo_records(ids=[status_record(batch).pk])
+    report = undo.undo_records(job=job(), ids=[status_record(batch).pk])
     assert finished.wait(5)
     assert report.outcomes[0].undone
     assert counters_of(batch) == Counters(10, 2, 4, 7, 0)  # the undo's 5 in processing, then the worker's C+1, P-1
@@ -338,7 +341,7 @@ def test_two_undos_of_one_record_at_once_undo_it_once(monkeypatch):
 
     def one_undo():
         try:
-            results.append(undo.undo_records(ids=[record.pk]))
+            results.append(undo.undo_records(job=job(), ids=[record.pk]))
         finally:
             connections.close_all()
 
@@ -354,3 +357,15 @@ def test_two_undos_of_one_record_at_once_undo_it_once(monkeypatch):
     assert outcomes[0].reason.startswith("already undone by record #")
     assert RepairRecord.objects.filter(undo_of=record).count() == 1
     assert counters_of(batch) == Counters(10, 2, 5, 6, 0)
+
+
+def test_an_undone_batch_is_stuck_again_and_the_next_run_repairs_it_again():
+    batch = make_batch((10, 0, 0, 6, 1))
+    before = (snapshot(batch), batch.updated_at)
+    repair()
+    report = undo.undo_records(job=job(), ids=[status_record(batch).pk])
+    assert not report.refused
+    assert (snapshot(batch), batch.updated_at) == before  # updated_at and completed_at as before the repair
+    again = repair()
+    assert again.statuses.by_rule["no_active_tasks"] == 1
+    assert counters_of(batch) == Counters(10, 0, 0, 6, 4)

@@ -6,10 +6,11 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 from django.db import InterfaceError, OperationalError
 
-from generation import services
+from generation import monitoring, services
 from generation.conf import job_settings, parse_duration, parse_positive_int
+from generation.db import ConnectionLost, database_name
 from generation.models import ContentType, Outcome, Trigger
-from generation.report import format_lock_line, format_status_line, format_summary
+from generation.report import format_duration, format_lock_line, format_status_line, format_summary
 
 PROGRESS_BAR_MIN_PAGES = 3
 
@@ -72,39 +73,34 @@ class Command(BaseCommand):
                             help="Print one JSON object on stdout and nothing else (logs go to stderr).")
 
     def handle(self, *args, **options):
-        job = job_settings()
-        params = {
-            "stuck_after": options["stuck_after"] or job.stuck_after,
-            "lock_ttl": options["lock_ttl"] or job.lock_ttl,
-            "fail_stalled_after": options["fail_stalled_after"] or job.fail_stalled_after,
-            "batch_size": options["batch_size"] or job.batch_size,
-            "lock_timeout": job.lock_timeout,
-            "statement_timeout": job.statement_timeout,
-            "dry_run": options["dry_run"],
-            "accounts": options["accounts"],
-            "content_types": options["content_types"],
-            "only": options["only"],
-        }
+        job = job_settings().overridden(
+            stuck_after=options["stuck_after"], lock_ttl=options["lock_ttl"],
+            fail_stalled_after=options["fail_stalled_after"], batch_size=options["batch_size"])
+        scope = {"accounts": options["accounts"], "content_types": options["content_types"], "only": options["only"]}
         as_json, verbosity = options["json"], options["verbosity"]
         # stdout carries the report (human or JSON); the event log goes to stderr beside it
         _logs_to_stderr()
         if not as_json and verbosity >= 1:
-            self.stdout.write(_start_line(params))
+            self.stdout.write(_start_line(job, scope, dry_run=options["dry_run"]))
 
         progress = None
-        try:
-            # inside the try: counting the backlog for the bar is the first query of the run
-            progress = None if as_json else self._progress_bar(params)
-            on_page = None if as_json else self._page_printer(verbosity, progress)
-            report = services.cleanup(trigger=Trigger.COMMAND, on_page=on_page, **params)
-        except services.CleanupAborted as exc:
-            raise CommandError(f"cleanup aborted: {exc}", returncode=1) from None
-        except (OperationalError, InterfaceError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CommandError(f"cannot reach the {services.database_name()}: {first_line}", returncode=1) from None
-        finally:
-            if progress is not None:
-                progress.close()
+        # heartbeat, textfile, Pushgateway (each if configured); a dry run is not the job running
+        with monitoring.job_run(enabled=not options["dry_run"]) as run:
+            try:
+                # inside the try: counting the backlog for the bar is the first query of the run
+                progress = None if as_json else self._progress_bar(job, scope)
+                on_page = None if as_json else self._page_printer(verbosity, progress)
+                report = services.cleanup(job=job, dry_run=options["dry_run"], trigger=Trigger.COMMAND,
+                                          on_page=on_page, **scope)
+            except ConnectionLost as exc:
+                raise CommandError(f"cleanup aborted: {exc}", returncode=1) from None
+            except (OperationalError, InterfaceError) as exc:
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CommandError(f"cannot reach the {database_name()}: {first_line}", returncode=1) from None
+            finally:
+                if progress is not None:
+                    progress.close()
+            run.finished(report)
 
         if as_json:
             self.stdout.write(json.dumps(report.as_dict(), default=str))
@@ -117,13 +113,12 @@ class Command(BaseCommand):
                                + (f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""),
                                returncode=1)
 
-    def _progress_bar(self, params):
+    def _progress_bar(self, job, scope):
         """A progress bar on stderr, only for a person at a terminal facing a backlog of several pages."""
-        if not (self.stdout.isatty() and sys.stderr.isatty()) or params["only"] == "locks":
+        if not (self.stdout.isatty() and sys.stderr.isatty()) or scope["only"] == "locks":
             return None
-        backlog = services.count_stuck(
-            stuck_after=params["stuck_after"], accounts=params["accounts"], content_types=params["content_types"])
-        if backlog <= PROGRESS_BAR_MIN_PAGES * params["batch_size"]:
+        backlog = services.count_stuck(job=job, accounts=scope["accounts"], content_types=scope["content_types"])
+        if backlog <= PROGRESS_BAR_MIN_PAGES * job.batch_size:
             return None
         from tqdm import tqdm
 
@@ -152,21 +147,18 @@ def _logs_to_stderr():
             handler.setStream(sys.stderr)
 
 
-def _start_line(params):
-    from generation.report import format_duration
-
+def _start_line(job, scope, *, dry_run):
     parts = [
-        f"stuck after {format_duration(params['stuck_after'])}",
-        f"lock TTL {format_duration(params['lock_ttl'])}",
-        "fail stalled " + (f"after {format_duration(params['fail_stalled_after'])}"
-                           if params["fail_stalled_after"] else "never"),
-        f"batch size {params['batch_size']}",
+        f"stuck after {format_duration(job.stuck_after)}",
+        f"lock TTL {format_duration(job.lock_ttl)}",
+        "fail stalled " + (f"after {format_duration(job.fail_stalled_after)}" if job.fail_stalled_after else "never"),
+        f"batch size {job.batch_size}",
     ]
-    if params["accounts"]:
-        parts.append(f"accounts {', '.join(map(str, params['accounts']))}")
-    if params["content_types"]:
-        parts.append(f"content types {', '.join(params['content_types'])}")
-    if params["only"]:
-        parts.append(f"only {params['only']}")
-    prefix = "Cleanup (DRY RUN: nothing will be written)" if params["dry_run"] else "Cleanup"
+    if scope["accounts"]:
+        parts.append(f"accounts {', '.join(map(str, scope['accounts']))}")
+    if scope["content_types"]:
+        parts.append(f"content types {', '.join(scope['content_types'])}")
+    if scope["only"]:
+        parts.append(f"only {scope['only']}")
+    prefix = "Cleanup (DRY RUN: nothing will be written)" if dry_run else "Cleanup"
     return f"{prefix}: {'; '.join(parts)}"

@@ -2,8 +2,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from generation.conf import job_settings
+from generation.db import database_name
 from generation.demo import MIX, CannotRecord, NotDemoData, clear_demo_data, seed_demo_data
-from generation.services import database_name
 
 
 def _non_negative_int(text):

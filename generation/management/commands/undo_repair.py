@@ -5,7 +5,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import InterfaceError, OperationalError
 
 from generation import undo
+from generation.conf import job_settings
+from generation.db import ConnectionLost
 from generation.models import CleanupRun, Trigger
+from generation.report import format_undo_outcome, format_undo_summary
 
 
 def _positive_id(what):
@@ -40,14 +43,15 @@ class Command(BaseCommand):
         record_ids, run, dry_run, as_json = options["record_ids"], options["run"], options["dry_run"], options["json"]
         if bool(record_ids) == bool(run):
             raise CommandError("give RECORD_ID ... or --run RUN_ID (one of them, not both)", returncode=2)
+        job = job_settings()
         try:
             if run:
-                report = undo.undo_run(run_id=run, trigger=Trigger.COMMAND, dry_run=dry_run)
+                report = undo.undo_run(job=job, run_id=run, trigger=Trigger.COMMAND, dry_run=dry_run)
             else:
-                report = undo.undo_records(ids=record_ids, trigger=Trigger.COMMAND, dry_run=dry_run)
+                report = undo.undo_records(job=job, ids=record_ids, trigger=Trigger.COMMAND, dry_run=dry_run)
         except CleanupRun.DoesNotExist:
             raise CommandError(f"--run {run}: no such cleanup run", returncode=1) from None
-        except undo.UndoAborted as exc:
+        except ConnectionLost as exc:
             raise CommandError(f"undo aborted: {exc}", returncode=1) from None
         except (OperationalError, InterfaceError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -57,7 +61,7 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(report.as_dict(), default=str))
         else:
             for outcome in report.outcomes:
-                self.stdout.write(undo.format_outcome(outcome, dry_run=dry_run))
-            self.stdout.write(undo.format_summary(report))
+                self.stdout.write(format_undo_outcome(outcome, dry_run=dry_run))
+            self.stdout.write(format_undo_summary(report))
         if report.refused:
             raise CommandError(f"{len(report.refused)} of {len(report.outcomes)} records refused", returncode=1)

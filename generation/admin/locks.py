@@ -1,0 +1,136 @@
+"""The generation locks: list (age, expired, the batch that holds the lock), the release action."""
+
+from datetime import timedelta
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.urls import reverse
+from django.utils.html import format_html
+
+from .. import rules, selectors, services
+from ..models import GenerationLock
+from ..report import format_duration, release_message
+from .common import (
+    AccountColumns,
+    ReadOnlyAdmin,
+    aborted_as_message,
+    confirmation_page,
+    confirmed,
+    job_of,
+    log_run,
+    now_of,
+    selected_ids,
+    when,
+)
+
+
+class ExpiredFilter(admin.SimpleListFilter):
+    title = "expired"
+    parameter_name = "expired"
+
+    def lookups(self, request, model_admin):
+        ttl = format_duration(job_of(request).lock_ttl)
+        return [("yes", f"expired (held over {ttl})"), ("no", "not expired")]
+
+    def queryset(self, request, queryset):
+        if self.value() not in ("yes", "no"):
+            return queryset
+        return selectors.filter_expired(queryset, cutoff=now_of(request) - job_of(request).lock_ttl,
+                                        expired=self.value() == "yes")
+
+
+@admin.register(GenerationLock)
+class GenerationLockAdmin(AccountColumns, ReadOnlyAdmin):
+    list_display = ("lock", "account", "content", "locked", "age", "expired", "batch")
+    list_filter = (ExpiredFilter, "content_type")
+    search_fields = ("account_id", "lock_id")
+    search_help_text = "A lock's id (#12), an account id, or a lock id (exact)."
+    ordering = ("locked_at", "id")  # the oldest, most suspicious first
+    list_per_page = 100
+    show_full_result_count = False
+    actions = ("release_selected",)
+    fields = ("id", "lock_id", "account_id", "content_type", "locked_at", "created_at", "age", "expired", "batch")
+    readonly_fields = ("age", "expired", "batch")
+
+    def has_release_permission(self, request):
+        return request.user.has_perm("generation.release_generationlock")
+
+    def get_queryset(self, request):
+        return selectors.locks_for_list(super().get_queryset(request), now=now_of(request))
+
+    def get_search_results(self, request, queryset, search_term):
+        if not search_term.strip():
+            return queryset, False
+        return selectors.search_locks(queryset, search_term), False
+
+    @admin.display(description="lock id", ordering="lock_id")
+    def lock(self, obj):
+        # a UUID's first block tells locks apart on a page; the whole id is on hover and on the lock's page
+        short = obj.lock_id if len(obj.lock_id) <= 13 else obj.lock_id[:8] + "…"
+        return format_html('<span class="gen-mono" title="{}">{}</span>', obj.lock_id, short)
+
+    @admin.display(description="locked at", ordering="locked_at")
+    def locked(self, obj):
+        return when(obj.locked_at)
+
+    @admin.display(description="age", ordering="locked_at")
+    def age(self, obj):
+        return format_duration(max(obj.checked_at - obj.locked_at, timedelta(0)))
+
+    def get_changelist_instance(self, request):
+        self._job = job_of(request)  # the columns below have no request of their own
+        return super().get_changelist_instance(request)
+
+    @admin.display(description="expired", boolean=True)
+    def expired(self, obj):
+        return obj.locked_at < obj.checked_at - self._job.lock_ttl
+
+    @admin.display(description="batch")
+    def batch(self, obj):
+        if obj.batch_id is None:
+            return "none refers to it"
+        url = reverse("admin:generation_generationstatus_change", args=[obj.batch_id])
+        idle = obj.batch_idle
+        moved = f"moved {format_duration(max(idle, timedelta(0)))} ago" if idle is not None else "never moved"
+        if rules.still_moving(obj.batch_status, idle, self._job.stuck_after):
+            # the batch still moves: releasing its lock lets a second batch start beside it
+            return format_html('<a href="{}">#{}</a> {}, <span class="gen-flag-note">{}</span>', url, obj.batch_id,
+                               obj.batch_status, moved)
+        return format_html('<a href="{}">#{}</a> {}, {}', url, obj.batch_id, obj.batch_status, moved)
+
+    @admin.action(description="Release selected locks…", permissions=["release"])
+    @aborted_as_message
+    def release_selected(self, request, queryset):
+        if not self.has_release_permission(request):
+            raise PermissionDenied
+        ids = selected_ids(self, request, queryset, "locks")
+        if not ids:
+            return None
+        job = job_of(request)
+        if confirmed(request):
+            report = services.release_locks(job=job, ids=ids, actor=request.user)
+            log_run(request, report.run_id)
+            level, text = release_message(report)
+            self.message_user(request, text, level)
+            if report.locks.failed_batches:
+                self.message_user(request, "Rolled back: " + " | ".join(report.errors), messages.ERROR)
+            return None
+        preview = services.release_locks(job=job, ids=ids, actor=request.user, dry_run=True)
+        rows = [_lock_row(detail, job.stuck_after) for detail in preview.locks.details]
+        return confirmation_page(
+            self, request, "admin/generation/release_confirmation.html", title="Release generation locks", ids=ids,
+            action="release_selected", rows=rows, progressing=sum(1 for row in rows if row["progressing"]))
+
+
+def _lock_row(detail, stuck_after: timedelta) -> dict:
+    """A lock on the confirmation page; flagged when its batch is in progress and moved within the stuck window:
+    releasing it lets a second batch start for the same account and content type while this one still runs."""
+    idle = None if detail.batch_idle_s is None else timedelta(seconds=detail.batch_idle_s)
+    progressing = rules.still_moving(detail.batch_status, idle, stuck_after)
+    if detail.batch_id is None:
+        batch = "no batch refers to it"
+    elif detail.batch_idle_s is None:
+        batch = f"batch #{detail.batch_id} {detail.batch_status}, never moved"
+    else:
+        batch = f"batch #{detail.batch_id} {detail.batch_status}, moved {format_duration(detail.batch_idle_s)} ago"
+    return {"detail": detail, "age": format_duration(detail.age_s), "batch": batch, "progressing": progressing}

@@ -1,0 +1,306 @@
+"""One page of the engine: a set of batches (or locks) selected, locked, judged, written and recorded in one
+transaction, with a constant number of statements whatever the page holds.
+
+A page of batches:
+1. one select of the page's rows, locked with FOR UPDATE SKIP LOCKED (a row a worker is writing is skipped
+   and counted as skipped_busy, never waited on), returning plain values annotated by the database with each
+   row's verdict, its after-values and its before/after snapshots, all from expressions.py's ordered CASEs
+   over the row as locked;
+2. one UPDATE per rule, with the same expressions, WHERE the row's verdict is still that rule: only the
+   columns the rule changes are written, under the row lock, so a worker's increment waits for the commit
+   and lands on top; the audit record's `after` is what the database computed with the very expressions
+   it wrote, at the same transaction timestamp;
+3. one select and one delete of the finished batches' locks;
+4. one COPY of the page's audit records.
+A dry run does step 1 without row locks, and nothing else but look up which locks would be released.
+
+The querysets are built once per pass (a Pass) and only filtered by each page's ids: building the select's
+CASEs costs ~15 ms, which a backlog's hundreds of pages would otherwise pay each time.
+"""
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from django.db import DatabaseError
+
+from . import expressions as ex
+from . import rules
+from .logging import log_events
+from .models import GenerationLock, GenerationStatus, RecordKind, RecordRule
+from .results import CleanupReport, LockDetail, LockTotals, StatusDetail, StatusTotals, keep
+from .rules import COUNTER_FIELDS, Rule
+from .runlog import Record, save_records
+
+logger = logging.getLogger("generation.services")
+
+# The values a page of batches selects, in this order (tuples, not model instances).
+STATUS_ROW = ("id", "account_id", "content_type", "lock_id", "status", *COUNTER_FIELDS, "verdict", "after_queued",
+              "after_processing", "after_failed", "after_status", "idle", "before", "after")
+(ID, ACCOUNT, TYPE, LOCK_ID, STATUS, T, Q, P, C, F,
+ VERDICT, AFTER_Q, AFTER_P, AFTER_F, AFTER_STATUS, IDLE, BEFORE, AFTER) = range(len(STATUS_ROW))
+
+LOCK_ROW = ("id", "lock_id", "account_id", "content_type", "locked_at", "expired_now", "held", "batch_id",
+            "batch_status", "batch_idle", "snapshot")
+
+
+class PageChanged(DatabaseError):
+    """A row's verdict changed between the page's select and its UPDATE (possible only without row locks, on
+    SQLite): the page is rolled back rather than half written."""
+
+
+# --- A pass: how its pages judge, and the querysets they share ---------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusPass:
+    judgement: ex.Judgement
+    applies: frozenset  # the rules this pass writes
+    reports: bool  # counts corrupt and stalled batches (every pass but the admin's fail-stalled one)
+    selected: bool  # hand-picked ids: a row the pass does not judge is "left alone", not "moved on"
+    rows: object  # the annotated select, without the page's ids
+    updates: dict  # rule -> (the rows still of that verdict, the writes)
+
+
+def status_pass(judgement: ex.Judgement, applies, *, reports: bool, selected: bool, clock) -> StatusPass:
+    rows = GenerationStatus.objects.order_by("id").annotate(
+        verdict=judgement.verdict(),
+        after_queued=judgement.after("total_queued"),
+        after_processing=judgement.after("total_processing"),
+        after_failed=judgement.after("total_failed"),
+        after_status=judgement.after("status"),
+        idle=ex.idle(clock),
+        before=ex.status_snapshot(),
+        after=ex.status_snapshot_after(judgement, clock),
+    ).values_list(*STATUS_ROW)
+    updates = {
+        rule: (GenerationStatus.objects.filter(judgement.of(rule)),
+               {**ex.WRITES[rule], "updated_at": clock, **({"completed_at": clock} if rule in rules.FINISHING else {})})
+        for rule in applies
+    }
+    return StatusPass(judgement, frozenset(applies), reports, selected, rows, updates)
+
+
+@dataclass(frozen=True)
+class LockPass:
+    rule: str  # expired_lock (the job), released_by_hand (the admin)
+    expired: object  # the lock cutoff's predicate, repeated in the DELETE; None for the admin's release
+    rows: object  # the annotated select, without the page's ids
+
+
+def lock_pass(*, cutoff, rule, clock) -> LockPass:
+    rows = GenerationLock.objects.order_by("id").annotate(
+        # re-checked on the locked row: a lock released and re-taken since the page was selected is not expired
+        expired_now=ex.still_expired(cutoff), held=ex.held(clock),
+        **ex.referring_batch_annotations(GenerationStatus, clock), snapshot=ex.lock_snapshot(),
+    ).values_list(*LOCK_ROW)
+    return LockPass(str(rule), None if cutoff is None else ex.expired(cutoff), rows)
+
+
+# --- What a page did ------------------------------------------------------------------------------
+
+
+class Details:
+    """A page's rows as StatusDetail/LockDetail, built only when someone reads them (the command's lines, the
+    report's first DETAILS_CAP): a backlog's rows are never all turned into objects."""
+
+    def __init__(self, rows, make):
+        self.rows, self.make = rows, make
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __iter__(self):
+        return (self.make(row) for row in self.rows)
+
+
+@dataclass
+class Page:
+    """What one page did; merged into the report only once its transaction committed."""
+
+    statuses: StatusTotals = field(default_factory=StatusTotals)
+    locks: LockTotals = field(default_factory=LockTotals)
+    errors: list = field(default_factory=list)
+    rows: list = field(default_factory=list)  # the batches the report shows (not those that moved on)
+    left_alone: set = field(default_factory=set)  # ids of the selected batches the pass did not judge
+    released: dict = field(default_factory=dict)  # lock_id -> the batch it went with (dry run: would go)
+    lock_rows: list = field(default_factory=list)
+    lock_rule: str = RecordRule.EXPIRED_LOCK
+    applied: bool = False
+
+    def status_details(self) -> Details:
+        return Details(self.rows, lambda row: status_detail(row, applied=self.applied,
+                                                            left_alone=row[ID] in self.left_alone))
+
+    def lock_details(self) -> Details:
+        return Details(self.lock_rows, lambda row: lock_detail(row, applied=self.applied, rule=self.lock_rule))
+
+    def merge_into(self, report: CleanupReport):
+        s, r = self.statuses, report.statuses
+        for name in ("examined", "stalled", "corrupt", "skipped_busy", "moved_on", "left_alone", "locks_released"):
+            setattr(r, name, getattr(r, name) + getattr(s, name))
+        r.by_rule.update(s.by_rule)
+        for name in ("expired", "removed", "skipped_busy"):
+            setattr(report.locks, name, getattr(report.locks, name) + getattr(self.locks, name))
+        for message in self.errors:
+            report.error(message)
+        for totals, details in ((r, self.status_details()), (report.locks, self.lock_details())):
+            for detail in details:
+                if totals.details_truncated:
+                    break
+                keep(totals, detail)
+
+
+def seconds(delta):
+    return None if delta is None else round(delta.total_seconds(), 1)
+
+
+def status_detail(row, *, applied: bool, left_alone: bool) -> StatusDetail:
+    before = json.loads(row[BEFORE])
+    repairs = row[VERDICT] in rules.REPAIRS and not left_alone
+    after = json.loads(row[AFTER]) if repairs else before
+    return StatusDetail(row[ID], row[ACCOUNT], row[TYPE], row[VERDICT], before, after, seconds(row[IDLE]),
+                        applied and repairs, left_alone)
+
+
+def lock_detail(row, *, applied: bool, rule=RecordRule.EXPIRED_LOCK) -> LockDetail:
+    pk, lock_id, account_id, content_type, locked_at, _expired, held, batch_id, batch_status, batch_idle, _ = row
+    return LockDetail(id=pk, lock_id=lock_id, account_id=account_id, content_type=content_type,
+                      locked_at=locked_at, age_s=seconds(held), rule=str(rule), batch_id=batch_id,
+                      batch_status=batch_status, batch_idle_s=seconds(batch_idle), applied=applied)
+
+
+def _counters(row) -> str:
+    return "/".join("NULL" if value is None else str(value) for value in row[T:F + 1])
+
+
+# --- A page of batches ------------------------------------------------------------------------------
+
+
+def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor) -> Page:
+    """Lock, judge, write and record one page of batches (inside its transaction)."""
+    page = Page()
+    totals = page.statuses
+    rows = status_pass.rows.filter(ex.any_of("id", ids))
+    rows = list(rows if dry_run else rows.select_for_update(skip_locked=True, of=("self",)))
+    totals.skipped_busy = len(ids) - len(rows)
+    to_write = defaultdict(list)  # rule -> ids
+    finished_locks = {}  # lock_id -> id of the batch this page finishes
+    for row in rows:
+        verdict = row[VERDICT]
+        if verdict in status_pass.applies:
+            to_write[verdict].append(row[ID])
+            totals.by_rule[Rule(verdict)] += 1
+            if verdict in rules.FINISHING and row[LOCK_ID]:
+                finished_locks[row[LOCK_ID]] = row[ID]
+        elif verdict == Rule.CORRUPT and status_pass.reports:
+            totals.corrupt += 1
+            page.errors.append(f"batch #{row[ID]} has corrupt counters ({rules.COUNTERS_LABEL} {_counters(row)}); "
+                               "not changed")
+        elif verdict == Rule.STALLED and status_pass.reports:
+            totals.stalled += 1
+        elif status_pass.selected:
+            totals.left_alone += 1
+            page.left_alone.add(row[ID])
+            page.rows.append(row)
+            continue
+        else:
+            totals.moved_on += 1  # a worker moved or finished it since the page was selected
+            continue
+        totals.examined += 1
+        page.rows.append(row)
+    if dry_run:
+        if finished_locks:
+            page.released = {lock_id: finished_locks[lock_id] for lock_id in GenerationLock.objects.filter(
+                ex.any_of("lock_id", finished_locks)).values_list("lock_id", flat=True)}
+    elif to_write:
+        _write(to_write, status_pass)
+        page.released = _release_and_record(rows, to_write, finished_locks, run, actor)
+        page.applied = True
+    totals.locks_released = len(page.released)
+    _log_status_page(page, dry_run)
+    return page
+
+
+def _write(to_write: dict, status_pass: StatusPass):
+    """One UPDATE per rule, only where the row's verdict is still that rule."""
+    for rule, ids in to_write.items():
+        still, writes = status_pass.updates[rule]
+        written = still.filter(ex.any_of("id", ids)).update(**writes)
+        if written != len(ids):
+            raise PageChanged(f"{len(ids) - written} of {len(ids)} {rule} batches changed during the page")
+
+
+def _release_and_record(rows, to_write: dict, finished_locks: dict, run, actor) -> dict:
+    """Delete the finished batches' locks and record every change of the page (one COPY); returns the released
+    lock ids, each with its batch."""
+    actor_id = actor.pk if actor else None
+    written = {batch_id for ids in to_write.values() for batch_id in ids}
+    records = [Record(run.pk, RecordKind.STATUS.value, row[ID], row[ACCOUNT], row[TYPE], row[VERDICT], row[BEFORE],
+                      row[AFTER], actor_id) for row in rows if row[ID] in written]
+    released, events = {}, []
+    if finished_locks:
+        # not SKIP LOCKED: the lock must go with its batch; a lock held by another transaction waits up to
+        # lock_timeout, after which the whole page is rolled back and left for the next run
+        locks = list(GenerationLock.objects.filter(ex.any_of("lock_id", finished_locks)).select_for_update()
+                     .values_list("id", "lock_id", "account_id", "content_type", ex.lock_snapshot()))
+        GenerationLock.objects.filter(ex.any_of("id", [lock[0] for lock in locks])).delete()
+        for lock_pk, lock_id, account_id, content_type, snapshot in locks:
+            released[lock_id] = finished_locks[lock_id]
+            records.append(Record(run.pk, RecordKind.LOCK.value, lock_pk, account_id, content_type,
+                                  RecordRule.RELEASED_WITH_BATCH.value, snapshot, None, actor_id))
+            events.append(("lock_released", {"lock_id": lock_id, "lock_pk": lock_pk, "batch_id": released[lock_id],
+                                              "account_id": account_id, "content_type": content_type}))
+    save_records(records)
+    log_events(logger, logging.INFO, events)
+    return released
+
+
+def _log_status_page(page: Page, dry_run: bool):
+    """One event line per batch (repair, stalled, corrupt, left_alone), written as one log record per level."""
+    info, errors = [], []
+    for row in page.rows:
+        verdict = row[VERDICT]
+        fields = {"dry_run": dry_run, "id": row[ID], "account_id": row[ACCOUNT], "content_type": row[TYPE],
+                  "rule": verdict, "status": row[STATUS], "idle_s": seconds(row[IDLE]), "counters": _counters(row)}
+        if row[ID] in page.left_alone:
+            info.append(("left_alone", fields))
+        elif verdict in rules.REPAIRS:
+            fields["status_after"] = row[AFTER_STATUS]
+            fields["counters_after"] = f"{row[T]}/{row[AFTER_Q]}/{row[AFTER_P]}/{row[C]}/{row[AFTER_F]}"
+            info.append(("repair", fields))
+        elif verdict == Rule.CORRUPT:
+            errors.append(("corrupt", fields))
+        else:
+            info.append(("stalled", fields))
+    log_events(logger, logging.INFO, info)
+    log_events(logger, logging.ERROR, errors)
+
+
+# --- A page of locks ---------------------------------------------------------------------------------
+
+
+def lock_page(ids, lock_pass: LockPass, *, dry_run: bool, run, actor, released=frozenset()) -> Page:
+    """Delete one page of locks (inside its transaction), recording each with the batch that refers to it.
+    `released`: a dry run's locks already counted as released with their batches (a real run deleted them in
+    its status pass)."""
+    page = Page(lock_rule=lock_pass.rule)
+    rows = lock_pass.rows.filter(ex.any_of("id", ids))
+    rows = list(rows if dry_run else rows.select_for_update(skip_locked=True, of=("self",)))
+    page.locks.skipped_busy = len(ids) - len(rows)
+    page.lock_rows = [row for row in rows if row[5] and row[1] not in released]
+    page.locks.expired = len(page.lock_rows)
+    if page.lock_rows and not dry_run:
+        deleting = GenerationLock.objects.filter(ex.any_of("id", [row[0] for row in page.lock_rows]))
+        if lock_pass.expired is not None:
+            deleting = deleting.filter(lock_pass.expired)  # repeated in the DELETE: a re-taken lock must survive
+        page.locks.removed, _ = deleting.delete()
+        actor_id = actor.pk if actor else None
+        save_records([Record(run.pk, RecordKind.LOCK.value, row[0], row[2], row[3], lock_pass.rule, row[10], None,
+                             actor_id) for row in page.lock_rows])
+        page.applied = True
+    event = "lock_expired" if lock_pass.rule == RecordRule.EXPIRED_LOCK else "lock_released"
+    log_events(logger, logging.INFO, [(event, {"dry_run": dry_run, **detail.as_dict()})
+                                      for detail in page.lock_details()])
+    return page

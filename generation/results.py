@@ -1,0 +1,185 @@
+"""What a run returns: the report types the command, cron, the admin and the JSON output all render.
+
+Plain data, no ORM and no wording (report.py words them). A report's counts are exact; its per-row
+details are capped, so memory stays flat however large the backlog.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from . import rules
+
+DETAILS_CAP = 1_000  # per report
+ERRORS_CAP = 100
+
+
+def iso(value):
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def seconds(value: timedelta | None):
+    """A duration as whole seconds, for JSON."""
+    return None if value is None else int(value.total_seconds())
+
+
+@dataclass
+class StatusDetail:
+    id: int
+    account_id: int
+    content_type: str
+    rule: str  # a Rule, or the Verdict of a selected row left alone (healthy, finished, ...)
+    before: dict
+    after: dict
+    idle_s: float | None
+    applied: bool
+    left_alone: bool = False  # a selected row the pass did not judge (its verdict says why)
+
+    def as_dict(self):
+        return dict(self.__dict__)
+
+
+@dataclass
+class LockDetail:
+    id: int
+    lock_id: str
+    account_id: int
+    content_type: str
+    locked_at: datetime | str
+    age_s: float
+    rule: str  # expired_lock, released_with_batch, released_by_hand
+    batch_id: int | None = None
+    batch_status: str | None = None
+    batch_idle_s: float | None = None
+    applied: bool = False
+
+    def as_dict(self):
+        return {**self.__dict__, "locked_at": iso(self.locked_at)}
+
+
+@dataclass
+class StatusTotals:
+    examined: int = 0
+    by_rule: Counter = field(default_factory=Counter)
+    stalled: int = 0
+    corrupt: int = 0
+    skipped_busy: int = 0
+    moved_on: int = 0  # no longer stuck once locked: a worker got there first
+    unknown_status: int = 0  # a status the contract does not name: never a candidate, reported
+    never_updated: int = 0  # queuing/processing with updated_at NULL: its age is unknown, reported
+    left_alone: int = 0  # admin: selected but not eligible (healthy, finished, not stalled, ...)
+    locks_released: int = 0
+    failed_batches: int = 0
+    details: list = field(default_factory=list)
+    details_truncated: bool = False
+
+    @property
+    def repaired(self):
+        return sum(self.by_rule.values())
+
+
+@dataclass
+class LockTotals:
+    expired: int = 0
+    removed: int = 0
+    skipped_busy: int = 0
+    failed_batches: int = 0
+    details: list = field(default_factory=list)
+    details_truncated: bool = False
+
+
+def keep(totals, detail):
+    """Add a detail to a report's totals, up to DETAILS_CAP."""
+    if len(totals.details) < DETAILS_CAP:
+        totals.details.append(detail)
+    else:
+        totals.details_truncated = True
+
+
+@dataclass
+class CleanupReport:
+    trigger: str
+    dry_run: bool
+    now: datetime
+    stuck_after: timedelta | None = None
+    lock_ttl: timedelta | None = None
+    fail_stalled_after: timedelta | None = None
+    batch_size: int | None = None
+    run_id: int | None = None
+    outcome: str = "ok"
+    skipped_reason: str = ""
+    errors: list = field(default_factory=list)
+    statuses: StatusTotals = field(default_factory=StatusTotals)
+    locks: LockTotals = field(default_factory=LockTotals)
+    duration_s: float = 0.0
+
+    @property
+    def cutoff(self):
+        return self.now - self.stuck_after if self.stuck_after else None
+
+    @property
+    def lock_cutoff(self):
+        return self.now - self.lock_ttl if self.lock_ttl else None
+
+    @property
+    def fail_cutoff(self):
+        return self.now - self.fail_stalled_after if self.fail_stalled_after else None
+
+    def error(self, message):
+        if len(self.errors) < ERRORS_CAP:
+            self.errors.append(message)
+        self.outcome = "errors"
+
+    def as_dict(self):
+        s, locks = self.statuses, self.locks
+        return {
+            "run_id": self.run_id,
+            "trigger": self.trigger,
+            "dry_run": self.dry_run,
+            "outcome": self.outcome,
+            "skipped_reason": self.skipped_reason,
+            "now": iso(self.now),
+            "cutoff": iso(self.cutoff),
+            "lock_cutoff": iso(self.lock_cutoff),
+            "stuck_after_s": seconds(self.stuck_after),
+            "lock_ttl_s": seconds(self.lock_ttl),
+            "fail_stalled_after_s": seconds(self.fail_stalled_after),
+            "batch_size": self.batch_size,
+            "statuses": {
+                "examined": s.examined,
+                "repaired": s.repaired,
+                "by_rule": {rule.value: s.by_rule[rule] for rule in rules.REPAIRS},
+                "stalled": s.stalled,
+                "corrupt": s.corrupt,
+                "skipped_busy": s.skipped_busy,
+                "moved_on": s.moved_on,
+                "unknown_status": s.unknown_status,
+                "never_updated": s.never_updated,
+                "left_alone": s.left_alone,
+                "locks_released": s.locks_released,
+                "failed_batches": s.failed_batches,
+                "details": [d.as_dict() for d in s.details],
+                "details_truncated": s.details_truncated,
+            },
+            "locks": {
+                "expired": locks.expired,
+                "removed": locks.removed,
+                "skipped_busy": locks.skipped_busy,
+                "failed_batches": locks.failed_batches,
+                "details": [d.as_dict() for d in locks.details],
+                "details_truncated": locks.details_truncated,
+            },
+            "errors": self.errors,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+    def summary_fields(self) -> dict:
+        """The run_finished event's fields."""
+        s, locks = self.statuses, self.locks
+        return {
+            "run_id": self.run_id, "dry_run": self.dry_run, "outcome": self.outcome, "examined": s.examined,
+            "repaired": s.repaired, **{rule.value: s.by_rule[rule] for rule in rules.REPAIRS}, "stalled": s.stalled,
+            "corrupt": s.corrupt, "skipped_busy": s.skipped_busy + locks.skipped_busy,
+            "locks_expired": locks.expired, "locks_removed": locks.removed, "locks_released": s.locks_released,
+            "duration_s": round(self.duration_s, 3),
+        }

@@ -1,0 +1,46 @@
+"""generation.chart: the health page's chart as geometry."""
+
+from datetime import date, timedelta
+
+import pytest
+
+from generation import chart, health
+from generation.models import RecordRule
+
+
+def build(days, counts):
+    return chart.build_chart(days, counts, series=health.CHART_RULES, colours=health.CHART_COLOURS)
+
+
+def test_nice_steps():
+    assert [chart._nice_step(n) for n in (1, 5, 6, 10, 11, 24, 26, 99, 101, 240, 260)] == [
+        1, 1, 2, 2, 5, 5, 10, 20, 50, 50, 100]
+
+
+def test_chart_stacks_bars_per_day_in_proportion():
+    days = [date(2026, 11, 1) + timedelta(days=i) for i in range(30)]
+    counts = {(days[0], RecordRule.ALL_ACCOUNTED): 6, (days[0], RecordRule.EXPIRED_LOCK): 2,
+              (days[29], RecordRule.NO_ACTIVE_TASKS): 4}
+    chart = build(days, counts)
+    assert chart.total == 12 and chart.days == 30
+    assert [t.value for t in chart.ticks] == [0, 2, 4, 6, 8]
+    plot_height = chart.plot_bottom - chart.plot_top
+    first, second, last = chart.bars
+    assert (first.title, second.title, last.title) == (
+        "2026-11-01: 6 all_accounted", "2026-11-01: 2 expired_lock", "2026-11-30: 4 no_active_tasks")
+    assert first.height == pytest.approx(plot_height * 6 / 8) and second.height == pytest.approx(plot_height * 2 / 8)
+    assert first.y + first.height == pytest.approx(chart.plot_bottom)  # the first series sits on the axis
+    assert second.y + second.height == pytest.approx(first.y)  # the next one on top of it
+    assert first.x == second.x < last.x <= chart.plot_right - last.width
+    assert first.colour == health.CHART_COLOURS[RecordRule.ALL_ACCOUNTED]
+    assert [label.text for label in chart.labels] == ["Nov 1", "Nov 6", "Nov 11", "Nov 16", "Nov 21", "Nov 26",
+                                                      "Nov 30"]
+    assert {item.label: item.total for item in chart.legend}["all_accounted"] == 6
+    assert chart.summary.startswith("Repairs per day by rule from 2026-11-01 to 2026-11-30: 12 in all")
+
+
+def test_an_empty_chart_still_has_axes():
+    days = [date(2026, 11, 1) + timedelta(days=i) for i in range(30)]
+    chart = build(days, {})
+    assert chart.bars == [] and chart.total == 0
+    assert [t.value for t in chart.ticks] == [0, 1]

@@ -1,0 +1,225 @@
+"""expressions.py is rules.py in SQL: the verdict, every rule's writes (as the select computes them and as the
+UPDATE writes them), the snapshots and the batch that refers to a lock. Exhaustively over small counters (NULL
+and negatives included), and by property tests up to +-2^63; on SQLite and on PostgreSQL."""
+
+import itertools
+import json
+import logging
+from datetime import datetime, timedelta
+
+import pytest
+from django.db import connection
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from generation import expressions as ex
+from generation import rules
+from generation.db import database_now
+from generation.models import GenerationLock, GenerationStatus
+from generation.rules import COUNTER_FIELDS, Counters, Rule
+
+pytestmark = pytest.mark.django_db
+
+WINDOW = timedelta(hours=3)
+STUCK, FRESH = WINDOW + timedelta(minutes=1), WINDOW - timedelta(minutes=1)
+FAIL_WINDOW = timedelta(hours=5)
+BIGINT_MAX, BIGINT_MIN = 2**63 - 1, -(2**63)
+
+# (updated_at's age, or None for NULL) -> rules.diagnose()'s `stuck`, and whether the fail-stalled window passed
+AGES = {STUCK: True, FRESH: False, FAIL_WINDOW + timedelta(minutes=1): True, None: None}
+
+
+def insert(batches):
+    """batches: [(Counters, status, age)]; returns the rows' ids in order."""
+    GenerationStatus.objects.all().delete()
+    now = database_now()
+    rows = GenerationStatus.objects.bulk_create([
+        GenerationStatus(account_id=n, content_type="video", status=status, lock_id=f"lock-{n}",
+                         updated_at=None if age is None else now - age, **counters.as_dict())
+        for n, (counters, status, age) in enumerate(batches)], batch_size=2_000)
+    return now, [row.pk for row in rows]
+
+
+def judged(judgement, now, columns=()):
+    """{id: (verdict, *after-values)} for every row, as the database computes them."""
+    annotations = {"verdict": judgement.verdict(), **{f"after_{name}": judgement.after(name) for name in columns}}
+    return {row[0]: row[1:] for row in GenerationStatus.objects.annotate(**annotations)
+            .values_list("id", *annotations)}
+
+
+def expected_verdict(counters, status, age, *, windowed, fail_stalled):
+    """rules.diagnose() of a row `age` old; fail_stalled None (never), "window" (FAIL_WINDOW) or True (always)."""
+    stuck = AGES[age] if windowed else True
+    fail = fail_stalled is True or (fail_stalled == "window" and age is not None and age > FAIL_WINDOW)
+    return rules.diagnose(counters, status, stuck=stuck, fail_stalled=fail)
+
+
+def check_verdicts_and_writes(batches):
+    """Every judgement a pass can make (a window or none, fail-stalled never/after a window/always): the SQL
+    verdict is rules.diagnose(); for each repaired row, the after-values are rules.decide()'s; then the UPDATE
+    of each rule, WHERE the verdict is that rule, leaves each row as rules.decide() says."""
+    now, ids = insert(batches)
+    checked = {"verdicts": 0, "writes": 0}
+    fail_cutoffs = {None: None, "window": now - FAIL_WINDOW, True: True}
+    for windowed, fail_stalled in ((True, None), (True, "window"), (False, None), (False, True)):
+        judgement = ex.Judgement(cutoff=now - WINDOW if windowed else None, fail_stalled=fail_cutoffs[fail_stalled])
+        computed = judged(judgement, now, columns=ex.WRITTEN)
+        for pk, (counters, status, age) in zip(ids, batches, strict=True):
+            verdict, *after = computed[pk]
+            expect = expected_verdict(counters, status, age, windowed=windowed, fail_stalled=fail_stalled)
+            assert verdict == expect, (counters, status, age, windowed, fail_stalled)
+            checked["verdicts"] += 1
+            if verdict in rules.REPAIRS:
+                decision = rules.decide(counters, status, fail_stalled=verdict == Rule.STALLED_FAILED)
+                assert decision.rule == verdict
+                assert after == [decision.after.total_queued, decision.after.total_processing,
+                                 decision.after.total_failed, decision.status], (counters, status, verdict)
+                checked["writes"] += 1
+            else:
+                assert after == [counters.total_queued, counters.total_processing, counters.total_failed, status]
+    # the UPDATEs themselves (the fail-stalled pass, so every repair rule has rows)
+    judgement = ex.Judgement(cutoff=now - WINDOW, fail_stalled=True)
+    verdicts = {pk: verdict for pk, (verdict,) in judged(judgement, now).items()}
+    for rule in rules.REPAIRS:
+        rule_ids = [pk for pk, verdict in verdicts.items() if verdict == rule]
+        written = GenerationStatus.objects.filter(ex.any_of("id", rule_ids)).filter(judgement.of(rule)).update(
+            **ex.WRITES[rule])
+        assert written == len(rule_ids)
+    stored = {row.pk: row for row in GenerationStatus.objects.all()}
+    for pk, (counters, status, _age) in zip(ids, batches, strict=True):
+        row, verdict = stored[pk], verdicts[pk]
+        if verdict in rules.REPAIRS:
+            decision = rules.decide(counters, status, fail_stalled=True)
+            assert (Counters.of(row), row.status) == (decision.after, decision.status), (counters, status)
+        else:
+            assert (Counters.of(row), row.status) == (counters, status)
+    return checked
+
+
+# --- Exhaustively, over small counters -----------------------------------------------------------
+
+SMALL = (None, -1, 0, 1, 2, 3)
+
+
+def test_every_small_combination_is_judged_and_written_as_rules_say(monkeypatch):
+    """T in -1..3 (it is NOT NULL), Q, P, C and F in NULL, -1..3, both in-progress statuses: 12,960 rows, every
+    boundary between the rules, judged four ways."""
+    batches = [(Counters(t, q, p, c, f), status, STUCK)
+               for t in SMALL[1:] for q, p, c, f in itertools.product(SMALL, repeat=4)
+               for status in rules.IN_PROGRESS]
+    checked = check_verdicts_and_writes(batches)
+    assert checked["verdicts"] == 4 * len(batches) and len(batches) == 12_960
+    assert checked["writes"] > 5_000
+
+
+def test_every_status_and_age_gets_its_verdict():
+    """The branches before the rules: unknown statuses, finished rows, a NULL updated_at, the window's edge
+    (a minute either side), and the fail-stalled window's."""
+    shapes = [(10, 0, 2, 7, 3), (10, 0, 0, 6, 1), (10, 2, 5, 6, 0), (10, 1, 1, 3, 2), (3, 0, -1, 2, 0),
+              (3, None, 0, 2, 0)]
+    statuses = [*rules.KNOWN_STATUSES, "paused", "PROCESSING", "processing "]
+    batches = [(Counters(*shape), status, age) for shape in shapes for status in statuses for age in AGES]
+    check_verdicts_and_writes(batches)
+    now, _ = insert(batches)
+    verdicts = {verdict for (verdict,) in judged(ex.Judgement(cutoff=now - WINDOW), now).values()}
+    assert verdicts == {*rules.Verdict, *rules.STUCK_RULES}, "every verdict was produced at least once"
+
+
+# --- By property, up to the bigint limits ------------------------------------------------------------
+
+counter = st.one_of(st.none(), st.integers(BIGINT_MIN, BIGINT_MAX), st.integers(-2, 12),
+                    st.integers(BIGINT_MAX - 12, BIGINT_MAX), st.sampled_from([0, 1, BIGINT_MAX, BIGINT_MIN]))
+total = st.one_of(st.integers(BIGINT_MIN, BIGINT_MAX), st.integers(-1, 12), st.integers(BIGINT_MAX - 12, BIGINT_MAX))
+near_boundaries = st.builds(Counters, st.integers(0, 8), st.integers(0, 4), st.integers(0, 4), st.integers(0, 8),
+                            st.integers(0, 8))
+huge = st.builds(Counters, st.integers(BIGINT_MAX - 30, BIGINT_MAX), st.integers(0, BIGINT_MAX),
+                 st.integers(0, BIGINT_MAX), st.integers(0, BIGINT_MAX), st.integers(0, BIGINT_MAX))
+batch = st.tuples(st.one_of(st.builds(Counters, total, counter, counter, counter, counter), near_boundaries, huge),
+                  st.sampled_from(rules.IN_PROGRESS), st.sampled_from(list(AGES)))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(batches=st.lists(batch, min_size=1, max_size=60))
+def test_any_counters_up_to_the_bigint_limits_are_judged_and_written_as_rules_say(batches):
+    """No sum of counters is ever computed in SQL, so nothing overflows: a failed statement would fail the test."""
+    check_verdicts_and_writes(batches)
+
+
+def test_counters_at_the_bigint_limit_are_judged_and_written_without_overflow():
+    """Sums of these would pass 2^63 - 1 and fail the statement: the expressions never add counters up."""
+    big = BIGINT_MAX
+    shapes = [(5, big, big, 0, 0), (big, 0, 0, big, big), (big, 1, 0, big - 2, 0), (3, 0, big, 0, 0),
+              (big, big, 0, 0, 0), (big, big, big, 1, 1)]
+    checked = check_verdicts_and_writes([(Counters(*shape), "processing", STUCK) for shape in shapes])
+    assert checked["verdicts"] == 4 * len(shapes) and checked["writes"] >= len(shapes)
+
+
+# --- Snapshots -----------------------------------------------------------------------------------
+
+
+def test_the_snapshots_the_database_builds_are_the_rows_values():
+    now, (pk,) = insert([(Counters(BIGINT_MAX, 0, 2, 7, None), "processing", STUCK)])
+    GenerationStatus.objects.filter(pk=pk).update(completed_at=now - timedelta(hours=1))
+    row = GenerationStatus.objects.get(pk=pk)
+    snapshot = json.loads(GenerationStatus.objects.filter(pk=pk).values_list(ex.status_snapshot(), flat=True).get())
+    # ISO 8601 with the offset; PostgreSQL drops trailing zeros of the microseconds, so compare the instants
+    times = {name: datetime.fromisoformat(snapshot.pop(name)) for name in ("completed_at", "updated_at")}
+    assert times == {"completed_at": row.completed_at, "updated_at": row.updated_at}
+    assert snapshot == {**Counters.of(row).as_dict(), "status": "processing"}
+    lock = GenerationLock.objects.create(account_id=1, content_type="story", locked_at=now, lock_id="L1")
+    snapshot = json.loads(GenerationLock.objects.filter(pk=lock.pk).values_list(ex.lock_snapshot(), flat=True).get())
+    assert datetime.fromisoformat(snapshot.pop("locked_at")) == now
+    assert snapshot == {"lock_id": "L1", "account_id": 1, "content_type": "story", "created_at": None}
+
+
+def test_the_after_snapshot_stamps_the_clock_only_where_a_repair_applies(django_assert_num_queries):
+    now, ids = insert([(Counters(10, 0, 0, 6, 1), "processing", STUCK), (Counters(10, 2, 5, 6, 0), "processing", STUCK),
+                       (Counters(10, 1, 1, 3, 2), "processing", STUCK)])
+    clock = ex.pass_clock(connection)
+    judgement = ex.Judgement(cutoff=now - WINDOW)
+    rows = dict(GenerationStatus.objects.annotate(after=ex.status_snapshot_after(judgement, clock))
+                .values_list("id", "after"))
+    finished, overflowed, stalled = (json.loads(rows[pk]) for pk in ids)
+    assert finished["completed_at"] == finished["updated_at"] is not None  # finishing: both stamped
+    assert (finished["total_failed"], finished["status"]) == (4, "partial")
+    assert overflowed["completed_at"] is None and overflowed["updated_at"] != stalled["updated_at"]
+    assert datetime.fromisoformat(stalled["updated_at"]) == GenerationStatus.objects.get(pk=ids[2]).updated_at
+
+
+# --- The batch that refers to a lock: one ordering everywhere ----------------------------------------
+
+
+def test_the_referring_batch_is_the_one_that_moved_last_and_never_a_never_updated_one():
+    now = database_now()
+    common = {"account_id": 1, "content_type": "video", "total_requested": 1, "lock_id": "shared"}
+    older = GenerationStatus.objects.create(status="processing", updated_at=now - timedelta(hours=2), **common)
+    newer = GenerationStatus.objects.create(status="processing", updated_at=now - timedelta(hours=1), **common)
+    GenerationStatus.objects.create(status="processing", updated_at=None, **common)  # NULL: sorts last
+    assert ex.referring_batch(GenerationStatus, "shared").first() == newer
+    GenerationStatus.objects.filter(pk=newer.pk).delete()
+    assert ex.referring_batch(GenerationStatus, "shared").first() == older
+
+
+# --- The one-parameter id list ---------------------------------------------------------------------
+
+
+def test_any_of_matches_exactly_the_listed_values_with_one_parameter():
+    _, ids = insert([(Counters(1, 0, 0, 0, 0), "queuing", STUCK)] * 50)
+    wanted = ids[::3] + [BIGINT_MAX]  # an id that matches nothing, at the bigint limit
+    rows = GenerationStatus.objects.filter(ex.any_of("id", wanted)).values_list("id", flat=True)
+    assert sorted(rows) == sorted(ids[::3])
+    _sql, params = rows.query.get_compiler(using="default").as_sql()
+    assert len(params) == 1, "one parameter for the whole list, not one per id"
+    assert list(GenerationStatus.objects.filter(ex.any_of("id", []))) == []
+    assert list(GenerationLock.objects.filter(ex.any_of("lock_id", ["a", "b"]))) == []
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setattr(logging.getLogger("generation"), "level", logging.WARNING)
+
+
+def test_the_written_columns_are_the_only_ones_a_repair_may_change():
+    assert set(ex.WRITTEN) == {name for writes in ex.WRITES.values() for name in writes}
+    assert set(ex.WRITTEN) <= {*COUNTER_FIELDS, "status"}
