@@ -28,10 +28,11 @@ from prometheus_client import pushadd_to_gateway, write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conf import MonitoringSettings, job_settings, monitoring_settings
+from .db import one_line
 from .metrics import FAILED, PREFIX, RunTimes, gauge, registry_of, run_history_families, schedule_interval
 from .models import Outcome
 from .report import format_summary
-from .services import CleanupReport, one_line
+from .results import CleanupReport
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_safe
 
 from . import metrics
 from .conf import monitoring_settings
-from .services import database_name, one_line
+from .db import database_name, one_line
 
 
 def _text(status, line, **headers):

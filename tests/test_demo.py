@@ -16,10 +16,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from psycopg import sql
 
+from generation.db import database_now
 from generation.demo import MIX, allocate
 from generation.models import DemoRow, GenerationLock, GenerationStatus, RepairRecord
 from generation.rules import Counters, diagnose
-from generation.services import database_now
 
 from .factories import WINDOW, make_batch, make_lock
 from .helpers import checkout_copy, create_backend_tables, manage, scratch_database, user_environment

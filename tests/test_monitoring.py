@@ -141,7 +141,7 @@ def test_cron_reports_a_good_run_then_a_failed_one_keeping_the_last_success(sett
         def unreachable(**kwargs):
             raise OperationalError("connection failed: connection refused")
 
-        monkeypatch.setattr(services, "cleanup_from_settings", unreachable)
+        monkeypatch.setattr(services, "cleanup", unreachable)
         assert cron.run_cleanup() is None
         failed = samples(textfile.read_text())
     assert monitor.requests[-1] == ("POST", "/fail", f"cleanup failed on {database_name()}: "
