@@ -262,7 +262,7 @@ def test_a_bad_setting_is_503_and_one_line_never_a_traceback(client, settings):
     response = with_token(client)
     assert (response.status_code, response.content.decode()) == (
         503, "metrics unavailable: GENERATION_STUCK_AFTER='soon' is not a duration (use e.g. 90m, 3h, 1h30m, 45s or "
-             "plain seconds)\n")
+             "plain seconds) nor durations by content type (e.g. 3h,video=8h,story=45m)\n")
 
 
 @pytest.mark.postgres

@@ -414,7 +414,7 @@ def test_many_anomalies_are_counted_exactly_and_named_up_to_the_cap(monkeypatch)
 def test_the_dry_run_predicts_exactly_what_the_real_run_then_does():
     """Same batches, same rules, same values after (counters, status, whether it finishes), same locks, on the
     demo's mix of every rule, with a fail-stalled window so that every repair rule occurs."""
-    seed_demo_data(count=300, seed=7, lock_ttl=timedelta(hours=3))
+    seed_demo_data(count=300, seed=7, lock_ttl=job().lock_ttl)
     the_job = job(fail_stalled_after=timedelta(hours=30))
     dry = services.cleanup(job=the_job, dry_run=True)
     assert not dry.statuses.details_truncated and CleanupRun.objects.count() == 0

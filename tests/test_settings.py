@@ -8,7 +8,8 @@ import pytest
 
 from .helpers import ROOT, checkout_copy, manage, readme_production_env, user_environment
 
-PRINT_JOB = "from generation.conf import job_settings; j = job_settings(); print(j.stuck_after, j.lock_ttl, j.batch_size)"
+PRINT_JOB = ("from generation.conf import job_settings; j = job_settings(); "
+             "print(j.stuck_after.default, j.lock_ttl.default, j.batch_size)")
 
 
 def test_env_file_with_inline_comments(tmp_path):
