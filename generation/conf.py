@@ -80,7 +80,8 @@ CONTENT_TYPE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,50}")
 @dataclass(frozen=True)
 class ByType:
     """A default and overrides for some content types: `for_type(t)` is t's override, else the default.
-    The default may be None (the fail-stalled window: never for the types not named)."""
+    The default may be None (the fail-stalled window: never for the types not named). The types are kept
+    in name order, however they were written: the same windows are one value (and one text, one record)."""
 
     default: object
     by_type: tuple = ()
@@ -88,10 +89,11 @@ class ByType:
     def __post_init__(self):
         if self.default is None and not self.by_type:
             raise ValueError("neither a default nor a content type")
+        object.__setattr__(self, "by_type", tuple(sorted(self.by_type)))
 
     @property
     def types(self) -> tuple[str, ...]:
-        """The content types named, in the order they were written."""
+        """The content types named, in name order."""
         return tuple(name for name, _value in self.by_type)
 
     def for_type(self, content_type: str):

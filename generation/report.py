@@ -30,7 +30,7 @@ def format_duration(value) -> str:
 
 
 def format_windows(windows: Windows) -> str:
-    """A window with each content type's own, short: `3h`, `3h, video 8h, story 45m`; without a default (the
+    """A window with each content type's own, short: `3h`, `3h, story 45m, video 8h`; without a default (the
     fail-stalled window) `video 1d, other types never`."""
     parts = [f"{name} {format_duration(window)}" for name, window in windows.by_type]
     if windows.default is None:

@@ -218,7 +218,7 @@ def test_manage_check_warns_of_an_unknown_content_type_and_still_passes():
 
 def test_the_windows_text_names_the_default_then_each_type():
     assert format_windows(parse_windows("3h")) == "3h"
-    assert format_windows(parse_windows("3h,video=8h,story=45m")) == "3h, video 8h, story 45m"
+    assert format_windows(parse_windows("3h,video=8h,story=45m")) == "3h, story 45m, video 8h"  # types by name
     assert format_windows(parse_fail_stalled_windows("video=1d")) == "video 1d, other types never"
     assert format_windows(Windows(90 * MINUTE, (("video", 8 * H + 30 * MINUTE),))) == "1h30m, video 8h30m"
 
@@ -311,7 +311,7 @@ def test_a_runs_page_shows_the_windows_it_used(settings, admin_client):
     fields = dict(re.findall(r'<div class="flex-container">\s*<label>(.*?):</label>\s*<div class="readonly">(.*?)</div>',
                              html, re.S))
     assert (fields["Stuck after"], fields["Lock TTL"], fields["Fail stalled after"]) == (
-        "3h, video 8h, story 45m", "3h", "video 2d, other types never")
+        "3h, story 45m, video 8h", "3h", "video 2d, other types never")
 
 
 # --- The metrics -------------------------------------------------------------------------------------
