@@ -140,7 +140,7 @@ class CleanupRun(models.Model):
     stuck_after = models.DurationField(null=True, blank=True)
     lock_ttl = models.DurationField(null=True, blank=True)
     fail_stalled_after = models.DurationField(null=True, blank=True)
-    windows_by_type = models.JSONField(default=dict, blank=True)
+    windows_by_type = models.JSONField(default=dict, db_default={}, blank=True)  # raw INSERTs (benchmarks) too
     batch_size = models.PositiveIntegerField(null=True, blank=True)
     filters = models.JSONField(default=dict, blank=True)
     host = models.CharField(max_length=255, blank=True)

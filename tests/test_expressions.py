@@ -28,6 +28,7 @@ STUCK, FRESH = WINDOW + timedelta(minutes=1), WINDOW - timedelta(minutes=1)
 FAIL_WINDOW = timedelta(hours=5)
 BIGINT_MAX, BIGINT_MIN = 2**63 - 1, -(2**63)
 MINUTE = timedelta(minutes=1)
+WINDOWS, FAIL_WINDOWS = Windows(WINDOW), Windows(FAIL_WINDOW)  # one window for every content type
 
 # updated_at's ages (None for NULL): a minute either side of the stuck window, past the fail-stalled one
 AGES = (STUCK, FRESH, FAIL_WINDOW + MINUTE, None)
@@ -71,7 +72,7 @@ def expected_verdict(counters, status, age, content_type, *, stuck_after, fail_s
     return rules.diagnose(counters, status, stuck=stuck, fail_stalled=fail)
 
 
-def check_verdicts_and_writes(batches, *, stuck_after=Windows(WINDOW), fail_stalled_after=Windows(FAIL_WINDOW)):
+def check_verdicts_and_writes(batches, *, stuck_after=WINDOWS, fail_stalled_after=FAIL_WINDOWS):
     """Every judgement a pass can make (the stuck windows or none, fail-stalled never/after its windows/always),
     with the cutoffs taken at the clock the rows were aged by: the SQL verdict is rules.diagnose() with each
     row's own windows; for each repaired row, the after-values are rules.decide()'s; then the UPDATE of each
