@@ -341,3 +341,20 @@ def test_the_metrics_give_each_content_type_its_own_window_and_count_by_it(setti
         ("butter_generation_lock_ttl_seconds", "slideshow"): 3 * 3600,
         ("butter_generation_lock_ttl_seconds", "podcast"): 3 * 3600,
     }
+
+
+def test_the_operations_guides_example_is_what_it_says(tmp_path):
+    """docs/operations.md, "Windows per content type": its dotenv block, as a .env file, passes the checks and
+    gives the windows its comments describe."""
+    from .helpers import ROOT
+
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    section = docs.split("### Windows per content type", 1)[1]
+    [block] = re.findall(r"^```dotenv\n(.*?)^```", section.split("\n### ", 1)[0], re.M | re.S)
+    (tmp_path / ".env").write_text(block)
+    env = {"ENV_FILE": str(tmp_path / ".env")}
+    assert manage("check", env=env).returncode == 0
+    shown = manage("shell", "-c", "from generation.conf import job_settings as s; from generation.report import "
+                   "format_windows as f; j = s(); print(f(j.stuck_after), f(j.lock_ttl), f(j.fail_stalled_after), "
+                   "sep=' | ')", env=env)
+    assert shown.stdout.strip().splitlines()[-1] == "3h, story 45m, video 8h | 3h, video 8h | video 2d, other types never"
