@@ -285,6 +285,25 @@ def test_the_admins_locks_list_says_expired_by_each_locks_own_ttl(settings, admi
 
 
 @pytest.mark.django_db
+def test_locks_of_batches_still_moving_by_their_types_window_are_flagged_in_the_list_and_the_release(settings,
+                                                                                                   operator_client):
+    """A video batch that moved 5h ago still moves under video=8h: releasing its lock would let a second batch
+    start beside it. A story batch idle as long is stuck, not moving."""
+    settings.GENERATION_STUCK_AFTER = "3h,video=8h"
+    video = make_batch((10, 2, 1, 5, 0), idle=5 * H, content_type="video", lock_held_for=6 * H)
+    story = make_batch((10, 2, 1, 5, 0), idle=5 * H, content_type="story", lock_held_for=6 * H)
+    video_lock, story_lock = (GenerationLock.objects.get(lock_id=b.lock_id) for b in (video, story))
+    html = operator_client.get(LOCKS_URL).content.decode()
+    assert f'>#{video.pk}</a> processing, <span class="gen-flag-note">moved 5h ago</span>' in html
+    assert f'>#{story.pk}</a> processing, moved 5h ago' in html
+    page = operator_client.post(LOCKS_URL, {"action": "release_selected",
+                                            ACTION_CHECKBOX_NAME: [video_lock.pk, story_lock.pk]}).content.decode()
+    assert "1 lock belongs to a batch that is still progressing" in page
+    assert re.search(rf'<tr class="gen-flag" data-lock="{video_lock.pk}">', page)
+    assert re.search(rf'<tr data-lock="{story_lock.pk}">', page)
+
+
+@pytest.mark.django_db
 def test_the_health_page_counts_and_labels_by_each_types_window(settings, admin_client):
     settings.GENERATION_STUCK_AFTER = "3h,video=8h"
     settings.GENERATION_LOCK_TTL = "3h,video=8h"
