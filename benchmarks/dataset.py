@@ -117,11 +117,11 @@ def fill(conn, *, rows: int, backlog: int, in_flight: int, locks: int, expired_l
 # The job's run history: one finished cron run every 30 minutes going back `runs` runs (17,520 is a year at
 # the default schedule), a few repairs and lock removals on each: what the scrape's run queries read.
 RUN_HISTORY_SQL = """
-INSERT INTO generation_cleanuprun (started_at, finished_at, kind, trigger, dry_run, filters, host, examined,
+INSERT INTO generation_cleanuprun (started_at, finished_at, trigger, dry_run, filters, host, examined,
     repaired_all_accounted, repaired_no_active_tasks, repaired_counter_overflow, repaired_stalled_failed, stalled,
     corrupt, skipped_busy, locks_expired, locks_removed, locks_released, outcome, error)
-SELECT now() - i * interval '30 minutes', now() - i * interval '30 minutes' + interval '2 seconds', 'cleanup', 'cron',
-       false, '{}', 'bench', i %% 5, i %% 3, i %% 2, 0, 0, 0, 0, 0, i %% 2, i %% 2, i %% 3, 'ok', ''
+SELECT now() - i * interval '30 minutes', now() - i * interval '30 minutes' + interval '2 seconds', 'cron', false,
+       '{}', 'bench', i %% 5, i %% 3, i %% 2, 0, 0, 0, 0, 0, i %% 2, i %% 2, i %% 3, 'ok', ''
 FROM generate_series(1, %(runs)s) AS i
 """
 YEAR_OF_RUNS = 17_520
