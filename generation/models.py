@@ -132,7 +132,7 @@ class CleanupRun(models.Model):
 
     started_at = models.DateTimeField(db_default=Now())
     finished_at = models.DateTimeField(null=True, blank=True)
-    kind = models.CharField(max_length=10, choices=RunKind.choices, default=RunKind.CLEANUP)
+    kind = models.CharField(max_length=10, choices=RunKind.choices, db_default=RunKind.CLEANUP)
     trigger = models.CharField(max_length=20, choices=Trigger.choices)
     dry_run = models.BooleanField(default=False)
     # parameters used: each window's default, and the content types' own windows in seconds

@@ -4,10 +4,11 @@ A status record is undone by compare-and-set: under the row's lock, one UPDATE w
 record holds as `before` into the columns the repair changed, WHERE those columns still hold the
 record's `after` and updated_at is still what this job last wrote. If a worker (or anyone) has written
 the row since, the WHERE matches nothing and the record is refused with what differs; nothing changes.
-updated_at becomes the database's now, as for every change the job makes: putting the old updated_at
-back would make the batch look idle again, and the next scheduled run would repeat the repair at once.
-Several repairs of one row come off newest first (a record is refused while a later repair of its row
-stands); an undo's own updated_at then counts as the job's last write for the next one.
+updated_at and completed_at go back to what they were before the repair too, so an undone batch looks
+exactly as it did: if it was stuck, it is stuck again, and the next scheduled run repairs it again (the
+confirmation says so). Several repairs of one row come off newest first (a record is refused while a
+later repair of its row stands); what an undo leaves in updated_at then counts as the job's last write
+for the next one.
 
 A lock record (an expired lock deleted, or a finished batch's lock released) is undone by inserting the
 lock again with its original id, lock_id, account, content type, locked_at and created_at, only if no
@@ -51,7 +52,7 @@ from .models import (
 from .rules import COUNTER_FIELDS, FINISHING
 from .runlog import start_run
 
-# The columns a status repair may change; updated_at is compared too, and always rewritten.
+# The columns a status repair may change; updated_at is compared too, and put back as well.
 RESTORABLE = (*COUNTER_FIELDS, "status", "completed_at")
 ERRORS_CAP = 100
 
@@ -308,7 +309,7 @@ def _undo_status(record, outcome, *, run, actor) -> RepairRecord:
         raise _Refused(Refusal.ROW_CHANGED.format(differences="; ".join(differences)))
     matched = GenerationStatus.objects.filter(
         pk=record.target_id, **{name: _value(name, value) for name, value in expected.items()},
-    ).update(**{name: _value(name, record.before[name]) for name in changed}, updated_at=Now())
+    ).update(**{name: _value(name, record.before[name]) for name in (*changed, "updated_at")})
     if matched != 1:  # cannot happen under the row lock; the WHERE is the guarantee all the same
         raise _Refused(Refusal.ROW_CHANGED.format(differences="the compare-and-set matched no row"))
     outcome.restored = _snapshot(GenerationStatus, record.target_id, ex.status_snapshot())

@@ -200,7 +200,7 @@ def test_the_web_configmap_is_the_readmes_production_environment():
     assert {key: readme.get(key) for key in web} == web
     # what the README has besides: the Secret's keys, and DEBUG (off by default) written out
     assert set(readme) - set(web) == {"DATABASE_URL", "SECRET_KEY", "DEBUG"}
-    assert set(resource("Secret")["stringData"]) == {"DATABASE_URL", "SECRET_KEY"}
+    assert set(resource("Secret")["stringData"]) == {"DATABASE_URL", "SECRET_KEY", "METRICS_TOKEN"}
 
 
 def test_the_web_deployment_probes_and_service():

@@ -64,7 +64,7 @@ def run_undo(*args):
 ])
 def test_undo_puts_back_the_values_before_and_records_itself(counters, rule, fail_stalled):
     batch = make_batch(counters, lock_held_for=timedelta(minutes=10))
-    original = snapshot(batch)
+    original, make_batch_updated_at = snapshot(batch), batch.updated_at
     lock = GenerationLock.objects.get(lock_id=batch.lock_id)
     repair(fail_stalled_after=timedelta(hours=3) if fail_stalled else None)
     record = status_record(batch)
@@ -76,7 +76,8 @@ def test_undo_puts_back_the_values_before_and_records_itself(counters, rule, fai
     report = undo.undo_records(job=job(), ids=[record.pk])
 
     assert snapshot(batch) == original
-    assert batch.updated_at > repaired_at  # a change like any other: not idle again, not repaired again at once
+    # exactly as it was: idle since before the repair, so stuck again (the next run repairs it again)
+    assert batch.updated_at == make_batch_updated_at < repaired_at
     undone = [o for o in report.outcomes if o.undone]
     assert len(undone) == (2 if finishes else 1) and not report.refused
     undo_record = RepairRecord.objects.get(undo_of=record)
@@ -356,3 +357,15 @@ def test_two_undos_of_one_record_at_once_undo_it_once(monkeypatch):
     assert outcomes[0].reason.startswith("already undone by record #")
     assert RepairRecord.objects.filter(undo_of=record).count() == 1
     assert counters_of(batch) == Counters(10, 2, 5, 6, 0)
+
+
+def test_an_undone_batch_is_stuck_again_and_the_next_run_repairs_it_again():
+    batch = make_batch((10, 0, 0, 6, 1))
+    before = (snapshot(batch), batch.updated_at)
+    repair()
+    report = undo.undo_records(job=job(), ids=[status_record(batch).pk])
+    assert not report.refused
+    assert (snapshot(batch), batch.updated_at) == before  # updated_at and completed_at as before the repair
+    again = repair()
+    assert again.statuses.by_rule["no_active_tasks"] == 1
+    assert counters_of(batch) == Counters(10, 0, 0, 6, 4)

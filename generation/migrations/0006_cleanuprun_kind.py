@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="cleanuprun",
             name="kind",
-            field=models.CharField(choices=[("cleanup", "cleanup"), ("undo", "undo")], default="cleanup",
+            field=models.CharField(choices=[("cleanup", "cleanup"), ("undo", "undo")], db_default="cleanup",
                                    max_length=10),
         ),
         migrations.RunPython(mark_undo_runs, migrations.RunPython.noop),
