@@ -89,7 +89,7 @@ def test_the_locks_list_the_release_preview_and_the_cleanup_report_name_the_same
     GenerationStatus.objects.create(status="processing", updated_at=None, lock_id="L", **common)
     lock = GenerationLock.objects.create(account_id=5, content_type="video", lock_id="L",
                                          locked_at=now - timedelta(hours=5))
-    listed = selectors.locks_for_list(GenerationLock.objects.filter(pk=lock.pk), now=now).get()
+    listed = selectors.locks_for_list(GenerationLock.objects.filter(pk=lock.pk), now=now, lock_ttl=job().lock_ttl).get()
     preview = services.release_locks(job=job(), ids=[lock.pk], dry_run=True).locks.details[0]
     report = services.cleanup(job=job(), dry_run=True, only="locks").locks.details[0]
     assert listed.batch_id == preview.batch_id == report.batch_id == moved.pk
