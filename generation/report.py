@@ -10,7 +10,6 @@ from django.contrib import messages
 from django.utils.translation import ngettext
 
 from . import rules
-from .conf import Windows
 from .models import RecordKind
 from .results import CleanupReport, LockDetail, StatusDetail
 from .rules import COUNTERS_LABEL, counters_text
@@ -29,9 +28,9 @@ def format_duration(value) -> str:
     return "".join(parts[:2])
 
 
-def format_windows(windows: Windows) -> str:
-    """A window with each content type's own, short: `3h`, `3h, story 45m, video 8h`; without a default (the
-    fail-stalled window) `video 1d, other types never`."""
+def format_windows(windows) -> str:
+    """A window with each content type's own (conf.Windows), short: `3h`, `3h, story 45m, video 8h`; without a
+    default (the fail-stalled window) `video 1d, other types never`."""
     parts = [f"{name} {format_duration(window)}" for name, window in windows.by_type]
     if windows.default is None:
         return ", ".join([*parts, "other types never"])
