@@ -17,6 +17,7 @@ from django.db import DatabaseError, connections
 from django.db.migrations.recorder import MigrationRecorder
 
 from .conf import job_settings, settings_errors
+from .models import ContentType
 
 
 class Messages:
@@ -36,6 +37,14 @@ class Messages:
     LOG_DIR_ID = "generation.W002"
     LOG_DIR = "CLEANUP_LOG_FILE={path!r}: its folder is not writable, so the cron job's output would be lost."
     LOG_DIR_HINT = "Create the folder or point CLEANUP_LOG_FILE at a writable path."
+    UNKNOWN_CONTENT_TYPE_ID = "generation.W003"
+    UNKNOWN_CONTENT_TYPE = (
+        "{setting} gives a window to content type {content_type!r}, which the contract does not name ({known})."
+    )
+    UNKNOWN_CONTENT_TYPE_HINT = (
+        "A window applies to the batches and locks whose content_type is exactly that. If the backend has such "
+        "a type, this is fine; otherwise correct the name (a misspelt type's batches get the default window)."
+    )
 
 
 # Which introspected Django field types count as the same kind of column.
@@ -74,6 +83,26 @@ def check_log_file(app_configs=None, **kwargs):
     return [checks.Warning(
         Messages.LOG_DIR.format(path=str(job_settings().log_file)), hint=Messages.LOG_DIR_HINT, id=Messages.LOG_DIR_ID,
     )]
+
+
+# The settings that take a window per content type, and the JobSettings field each fills.
+WINDOW_SETTINGS = (("GENERATION_STUCK_AFTER", "stuck_after"), ("GENERATION_LOCK_TTL", "lock_ttl"),
+                   ("GENERATION_FAIL_STALLED_AFTER", "fail_stalled_after"))
+
+
+@checks.register()
+def check_window_content_types(app_configs=None, **kwargs):
+    """A content type the contract does not name is allowed in a window (the backend may add one), but said."""
+    if settings_errors():
+        return []  # generation.E002 names the bad setting
+    job, known = job_settings(), ContentType.values
+    return [
+        checks.Warning(Messages.UNKNOWN_CONTENT_TYPE.format(setting=setting, content_type=content_type,
+                                                            known=", ".join(known)),
+                       hint=Messages.UNKNOWN_CONTENT_TYPE_HINT, id=Messages.UNKNOWN_CONTENT_TYPE_ID)
+        for setting, field in WINDOW_SETTINGS if getattr(job, field) is not None
+        for content_type in getattr(job, field).types if content_type not in known
+    ]
 
 
 def _mirrored_models():

@@ -11,6 +11,7 @@ dropped when a test changes Django's settings.
 """
 
 import functools
+import re
 import socket
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -69,16 +70,150 @@ def parse_schedule(text: str) -> str:
     return expression
 
 
+# --- Windows: a default and per-content-type overrides ---------------------------------------------
+
+WINDOWS_EXAMPLE = "3h,video=8h,story=45m"
+# what a content type may be called in a window (account_generation_status.content_type is a varchar(50))
+CONTENT_TYPE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,50}")
+
+
+@dataclass(frozen=True)
+class ByType:
+    """A default and overrides for some content types: `for_type(t)` is t's override, else the default.
+    The default may be None (the fail-stalled window: never for the types not named). The types are kept
+    in name order, however they were written: the same windows are one value (and one text, one record)."""
+
+    default: object
+    by_type: tuple = ()
+
+    def __post_init__(self):
+        if self.default is None and not self.by_type:
+            raise ValueError("neither a default nor a content type")
+        object.__setattr__(self, "by_type", tuple(sorted(self.by_type)))
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """The content types named, in name order."""
+        return tuple(name for name, _value in self.by_type)
+
+    def for_type(self, content_type: str):
+        return dict(self.by_type).get(content_type, self.default)
+
+    def values(self) -> list:
+        """Every value given: the default (if any), then each type's."""
+        return ([] if self.default is None else [self.default]) + [value for _name, value in self.by_type]
+
+
+@dataclass(frozen=True)
+class Cutoffs(ByType):
+    """Each content type's cutoff on the database clock (now minus its window): a row is past it when older."""
+
+    default: datetime | None
+    by_type: tuple[tuple[str, datetime], ...] = ()
+
+    @property
+    def latest(self) -> datetime:
+        """The cutoff of the shortest window: whatever its type, a row past its cutoff is older than this."""
+        return max(self.values())
+
+    @property
+    def earliest(self) -> datetime:
+        return min(self.values())
+
+
+@dataclass(frozen=True)
+class Windows(ByType):
+    """How long something may last, by content type: GENERATION_STUCK_AFTER=3h,video=8h is 3h for every type
+    but video, 8h for video. A bare duration is a Windows with only a default."""
+
+    default: timedelta | None
+    by_type: tuple[tuple[str, timedelta], ...] = ()
+
+    @classmethod
+    def of(cls, value: "Windows | timedelta | None") -> "Windows | None":
+        """A Windows from a Windows, a bare timedelta (the default for every type) or None."""
+        return cls(value) if isinstance(value, timedelta) else value
+
+    @classmethod
+    def recorded(cls, default: timedelta | None, by_type_seconds: dict | None) -> "Windows | None":
+        """The windows a run recorded (CleanupRun: the default as a duration, the overrides as seconds)."""
+        by_type = tuple((name, timedelta(seconds=value)) for name, value in (by_type_seconds or {}).items())
+        return cls(default, by_type) if default is not None or by_type else None
+
+    def cutoffs(self, now: datetime) -> Cutoffs:
+        """Each type's cutoff at `now` (the database clock, read once per run or request)."""
+        return Cutoffs(None if self.default is None else now - self.default,
+                       tuple((name, now - window) for name, window in self.by_type))
+
+    def by_type_seconds(self) -> dict:
+        """The overrides as {content type: seconds}, for JSON (the report, the run's record)."""
+        return {name: window.total_seconds() for name, window in self.by_type}
+
+
+def _duration_part(part: str, text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"has a bad part {part!r}: {text!r} {exc}") from None
+
+
+def parse_windows(text: str, *, default_required: bool = True) -> Windows:
+    """`3h` (every content type), or a default and per-type windows in one value: `3h,video=8h,story=45m`.
+
+    A bare duration parses exactly as parse_duration. Raises ValueError naming the bad part (the message
+    without the whole value; callers name the source): a part that is neither a duration nor TYPE=DURATION,
+    a zero, negative or too long duration, a type named twice, two defaults, no default where one is
+    required. Any content type is accepted (the backend may add one); checks.py warns of the unknown.
+    """
+    text = str(text).strip()
+    if "," not in text and "=" not in text:
+        if text and parse_timespan(text) is None:
+            raise ValueError(f"is not a duration ({DURATION_HINT}) nor durations by content type "
+                             f"(e.g. {WINDOWS_EXAMPLE})")
+        return Windows(parse_duration(text))
+    default, default_part, by_type = None, "", {}
+    for part in (part.strip() for part in text.split(",")):
+        name, is_typed, duration = (piece.strip() for piece in part.partition("="))
+        if not is_typed:
+            if parse_timespan(part) is None:
+                raise ValueError(f"has a bad part {part!r}: not a duration or TYPE=DURATION (e.g. {WINDOWS_EXAMPLE})")
+            if default is not None:
+                raise ValueError(f"has two defaults ({default_part!r} and {part!r}): give the type of one of "
+                                 f"them (e.g. {WINDOWS_EXAMPLE})")
+            default, default_part = _duration_part(part, part), part
+        elif not CONTENT_TYPE_NAME.fullmatch(name):
+            raise ValueError(f"has a bad part {part!r}: not a duration or TYPE=DURATION (e.g. {WINDOWS_EXAMPLE}; "
+                             "a type is letters, digits, _ . -)")
+        elif name in by_type:
+            raise ValueError(f"names {name} twice")
+        else:
+            by_type[name] = _duration_part(part, duration)
+    if default is None and default_required:
+        raise ValueError(f"has no default for the other content types (start with a bare duration, "
+                         f"e.g. {WINDOWS_EXAMPLE})")
+    return Windows(default, tuple(by_type.items()))
+
+
+def parse_fail_stalled_windows(text: str) -> Windows:
+    """parse_windows() where the default may be left out: then the types not named never fail stalled."""
+    return parse_windows(text, default_required=False)
+
+
 @dataclass(frozen=True)
 class JobSettings:
-    stuck_after: timedelta
-    lock_ttl: timedelta
-    fail_stalled_after: timedelta | None
+    stuck_after: Windows
+    lock_ttl: Windows
+    fail_stalled_after: Windows | None  # None: never fail stalled batches
     batch_size: int
     lock_timeout: timedelta
     statement_timeout: timedelta
     schedule: str
     log_file: Path
+
+    def __post_init__(self):
+        # a bare timedelta (a test's, a caller's) is the default for every content type
+        for name in ("stuck_after", "lock_ttl", "fail_stalled_after"):
+            object.__setattr__(self, name, Windows.of(getattr(self, name)))
 
     def overridden(self, **values) -> "JobSettings":
         """These settings with some replaced (the command's options); a None value leaves a setting as it is."""
@@ -87,9 +222,9 @@ class JobSettings:
 
 # (setting name, JobSettings field, parser, may be empty)
 _SETTINGS = [
-    ("GENERATION_STUCK_AFTER", "stuck_after", parse_duration, False),
-    ("GENERATION_LOCK_TTL", "lock_ttl", parse_duration, False),
-    ("GENERATION_FAIL_STALLED_AFTER", "fail_stalled_after", parse_duration, True),
+    ("GENERATION_STUCK_AFTER", "stuck_after", parse_windows, False),
+    ("GENERATION_LOCK_TTL", "lock_ttl", parse_windows, False),
+    ("GENERATION_FAIL_STALLED_AFTER", "fail_stalled_after", parse_fail_stalled_windows, True),
     ("CLEANUP_BATCH_SIZE", "batch_size", parse_positive_int, False),
     ("CLEANUP_LOCK_TIMEOUT", "lock_timeout", parse_duration, False),
     ("CLEANUP_STATEMENT_TIMEOUT", "statement_timeout", parse_duration, False),

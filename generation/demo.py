@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from .conf import Windows
 from .models import ContentType, DemoRow, GenerationLock, GenerationStatus, RecordKind, Status
 from .rules import Counters, finished_status, progress_status
 
@@ -223,7 +224,7 @@ def _record(kind: str, rows) -> None:
     DemoRow.objects.bulk_create([DemoRow(kind=kind, row_id=row.pk, lock_id=row.lock_id) for row in rows])
 
 
-def seed_demo_data(*, count: int, seed: int | None, lock_ttl: timedelta) -> SeedReport:
+def seed_demo_data(*, count: int, seed: int | None, lock_ttl: Windows) -> SeedReport:
     if not _recorded():
         raise CannotRecord(f"table {DemoRow._meta.db_table} is missing: run `manage.py migrate` first")
     rng = random.Random(seed)
@@ -237,7 +238,7 @@ def seed_demo_data(*, count: int, seed: int | None, lock_ttl: timedelta) -> Seed
             _record(RecordKind.LOCK, locks)
         report.statuses.update(category for category, _, _ in chunk)
         for lock in locks:
-            report.locks["expired" if lock.locked_at < now - lock_ttl else "fresh"] += 1
+            report.locks["expired" if lock.locked_at < now - lock_ttl.for_type(lock.content_type) else "fresh"] += 1
     orphans = max(1, round(count * ORPHAN_LOCK_SHARE)) if count else 0
     for chunk in _chunks(_orphan_locks(rng, orphans, now), CHUNK_SIZE):
         with transaction.atomic():

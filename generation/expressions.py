@@ -18,7 +18,6 @@ How the rules are written here:
 """
 
 import json
-from datetime import datetime
 
 from django.db.models import (
     BigIntegerField,
@@ -43,6 +42,7 @@ from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from . import rules
+from .conf import Cutoffs
 from .rules import COUNTER_FIELDS, Rule, Verdict
 
 T, QUEUED, PROCESSING, COMPLETED, FAILED = (F(name) for name in COUNTER_FIELDS)
@@ -128,31 +128,51 @@ def never_updated() -> Q:
     return in_progress() & Q(updated_at__isnull=True)
 
 
-def idle_since_before(cutoff: datetime) -> Q:
-    """Not updated since before the cutoff (a NULL updated_at is not: its age is unknown)."""
-    return Q(updated_at__lt=cutoff)
+def _past(field: str, lookup: str, cutoffs: Cutoffs, bound) -> Q:
+    """`field` compared with the cutoff of each row's own content type, in one predicate:
+    (content_type = 'video' AND field < %s) OR (NOT content_type IN ('video', ...) AND field < %s), each named
+    type a branch and the default one for the others (none where there is no default: those never pass).
+    The branches share one bound, said once more outright (field < the latest cutoff), so that an index on
+    `field` (the locks' locked_at) still serves the scan as one range. A single window is just field < %s."""
+
+    def compared(cutoff):
+        return Q(**{f"{field}__{lookup}": cutoff})
+
+    if not cutoffs.by_type:
+        return compared(cutoffs.default)
+    branches = Q()
+    for content_type, cutoff in cutoffs.by_type:
+        branches |= Q(content_type=content_type) & compared(cutoff)
+    if cutoffs.default is not None:
+        branches |= ~Q(content_type__in=cutoffs.types) & compared(cutoffs.default)
+    return compared(bound) & branches
 
 
-def stuck(cutoff: datetime) -> Q:
-    """The job's candidates: in progress and idle since before the cutoff (rules' "stuck")."""
-    return in_progress() & idle_since_before(cutoff)
+def idle_since_before(cutoffs: Cutoffs) -> Q:
+    """Not updated since before its content type's cutoff (a NULL updated_at is not: its age is unknown)."""
+    return _past("updated_at", "lt", cutoffs, cutoffs.latest)
 
 
-def moving(cutoff: datetime) -> Q:
-    """In progress and updated since the cutoff: a batch still moving (the stuck window's complement)."""
-    return in_progress() & Q(updated_at__gte=cutoff)
+def stuck(cutoffs: Cutoffs) -> Q:
+    """The job's candidates: in progress and idle since before their type's cutoff (rules' "stuck")."""
+    return in_progress() & idle_since_before(cutoffs)
 
 
-def expired(cutoff: datetime) -> Q:
-    """A lock held since before the cutoff."""
-    return Q(locked_at__lt=cutoff)
+def moving(cutoffs: Cutoffs) -> Q:
+    """In progress and updated since its type's cutoff: a batch still moving (the stuck window's complement)."""
+    return in_progress() & _past("updated_at", "gte", cutoffs, cutoffs.earliest)
 
 
-def still_expired(cutoff: datetime | None):
+def expired(cutoffs: Cutoffs) -> Q:
+    """A lock held since before its content type's cutoff."""
+    return _past("locked_at", "lt", cutoffs, cutoffs.latest)
+
+
+def still_expired(cutoffs: Cutoffs | None):
     """Whether a lock is expired, as a column (re-checked on the locked row); None: any age counts."""
-    if cutoff is None:
+    if cutoffs is None:
         return Value(True)
-    return Case(When(expired(cutoff), then=Value(True)), default=Value(False), output_field=BooleanField())
+    return Case(When(expired(cutoffs), then=Value(True)), default=Value(False), output_field=BooleanField())
 
 
 # --- The rules' conditions, in rules.decide()'s order -------------------------------------------
@@ -226,26 +246,27 @@ WRITTEN = ("total_queued", "total_processing", "total_failed", "status")  # ever
 class Judgement:
     """How a pass judges rows; rules.diagnose() with its arguments, as SQL.
 
-    `cutoff`: a row is stuck when idle since before it; None judges every in-progress row whatever its
-    age (the admin's force and fail-stalled actions). `fail_stalled`: True fails every stalled row, a
-    datetime those idle since before it, None none (rules.decide()'s fail_stalled).
+    `cutoffs`: a row is stuck when idle since before its content type's cutoff; None judges every
+    in-progress row whatever its age (the admin's force and fail-stalled actions). `fail_stalled`: True
+    fails every stalled row, Cutoffs those idle since before their type's (a type without a fail-stalled
+    window: none of its rows), None none (rules.decide()'s fail_stalled).
     """
 
-    def __init__(self, *, cutoff: datetime | None, fail_stalled: datetime | bool | None = None):
-        self.cutoff, self.fail_stalled = cutoff, fail_stalled
+    def __init__(self, *, cutoffs: Cutoffs | None, fail_stalled: Cutoffs | bool | None = None):
+        self.cutoffs, self.fail_stalled = cutoffs, fail_stalled
         self.branches = self._branches()
 
     def _branches(self) -> list[tuple[Q | None, str]]:
         """(condition, verdict) in order; the last one's condition is None (the default)."""
         branches = [(unknown_status(), Verdict.UNKNOWN_STATUS), (~in_progress(), Verdict.FINISHED)]
-        if self.cutoff is not None:
+        if self.cutoffs is not None:
             branches += [(Q(updated_at__isnull=True), Verdict.NEVER_UPDATED),
-                         (~idle_since_before(self.cutoff), Verdict.HEALTHY)]
+                         (~idle_since_before(self.cutoffs), Verdict.HEALTHY)]
         branches += [(condition, rule) for rule, condition in _CONDITIONS.items()]
         if self.fail_stalled is True:
             branches.append((None, Rule.STALLED_FAILED))
         else:
-            if isinstance(self.fail_stalled, datetime):
+            if isinstance(self.fail_stalled, Cutoffs):
                 branches.append((idle_since_before(self.fail_stalled), Rule.STALLED_FAILED))
             branches.append((None, Rule.STALLED))
         return branches

@@ -17,7 +17,7 @@ from .chart import Chart, build_chart
 from .conf import JobSettings
 from .db import database_now
 from .models import CleanupRun, GenerationLock, GenerationStatus, Outcome, RecordRule, RepairRecord, RunKind, Trigger
-from .report import format_duration
+from .report import format_duration, format_windows
 from .selectors import stuck_groups
 
 # Runs that stand for the scheduled job being alive: an admin action repairs hand-picked rows only.
@@ -52,11 +52,11 @@ def stuck_by_rule(*, now: datetime, job: JobSettings) -> dict:
 
 
 def expired_locks(*, now: datetime, job: JobSettings):
-    """Locks held longer than the TTL, and those of them whose batch is still moving (in progress and updated
-    within the stuck window: generations that take longer than the TTL), as querysets: the health page counts
-    them, the metrics count them by content type."""
-    expired = GenerationLock.objects.filter(ex.expired(now - job.lock_ttl))
-    moving = GenerationStatus.objects.filter(ex.moving(now - job.stuck_after))
+    """Locks held longer than their content type's TTL, and those of them whose batch is still moving (in
+    progress and updated within its type's stuck window: generations that take longer than the TTL), as
+    querysets: the health page counts them, the metrics count them by content type."""
+    expired = GenerationLock.objects.filter(ex.expired(job.lock_ttl.cutoffs(now)))
+    moving = GenerationStatus.objects.filter(ex.moving(job.stuck_after.cutoffs(now)))
     return expired, expired.filter(lock_id__in=moving.values("lock_id"))
 
 
@@ -114,18 +114,19 @@ class Health:
     def repairable(self) -> int:
         return sum(n for rule, n in self.stuck_by_rule.items() if rule in rules.REPAIRS)
 
-    # durations as the settings are written (3h, 30m), not as Python prints a timedelta (3:00:00)
+    # durations as the settings are written (3h, 30m), not as Python prints a timedelta (3:00:00); the
+    # windows with each content type's own (3h, video 8h)
     @property
     def stuck_after_label(self) -> str:
-        return format_duration(self.job.stuck_after)
+        return format_windows(self.job.stuck_after)
 
     @property
     def lock_ttl_label(self) -> str:
-        return format_duration(self.job.lock_ttl)
+        return format_windows(self.job.lock_ttl)
 
     @property
     def fail_stalled_label(self) -> str:
-        return format_duration(self.job.fail_stalled_after) if self.job.fail_stalled_after else ""
+        return format_windows(self.job.fail_stalled_after) if self.job.fail_stalled_after else ""
 
     @property
     def interval_label(self) -> str:

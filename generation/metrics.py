@@ -75,8 +75,10 @@ class State:
     read_seconds: float = 0.0
 
     def content_types(self):
-        """Every content type the contract names, and any other the data holds: a zero is a series too."""
+        """Every content type the contract names, and any other the data holds or a window names: a zero is a
+        series too."""
         seen = {content_type for _, content_type in self.stuck} | set(self.expired_locks)
+        seen |= {*self.job.stuck_after.types, *self.job.lock_ttl.types}
         return [*ContentType.values, *sorted(seen - set(ContentType.values))]
 
 
@@ -244,7 +246,7 @@ def state_families(state: State):
             updated_at = state.oldest_stuck.get((rule.value, content_type))
             oldest.add_metric([rule.value, content_type],
                               (state.now - updated_at).total_seconds() if updated_at else 0.0)
-    # the windows the counts were taken with, by content type (the same for all today; issue 12 may differ)
+    # the windows the counts were taken with: each content type's own (GENERATION_STUCK_AFTER=3h,video=8h)
     windows = []
     for name, value, documentation in (
         ("generation_stuck_after_seconds", state.job.stuck_after,
@@ -253,7 +255,7 @@ def state_families(state: State):
     ):
         window = gauge(name, documentation, ["content_type"])
         for content_type in content_types:
-            window.add_metric([content_type], value.total_seconds())
+            window.add_metric([content_type], value.for_type(content_type).total_seconds())
         windows.append(window)
     unjudgeable = gauge("generation_unjudgeable_batches",
                          "Batches no rule can judge, reported as errors by every run and never changed: a status "

@@ -19,6 +19,7 @@ from django.db import models
 from django.db.models.functions import Now
 
 from . import rules
+from .conf import Windows
 
 
 class ContentType(models.TextChoices):
@@ -134,10 +135,12 @@ class CleanupRun(models.Model):
     kind = models.CharField(max_length=10, choices=RunKind.choices, db_default=RunKind.CLEANUP)
     trigger = models.CharField(max_length=20, choices=Trigger.choices)
     dry_run = models.BooleanField(default=False)
-    # parameters used
+    # parameters used: each window's default, and the content types' own windows in seconds
+    # ({"stuck_after": {"video": 28800.0}, ...}; a window with no override of any type is not in it)
     stuck_after = models.DurationField(null=True, blank=True)
     lock_ttl = models.DurationField(null=True, blank=True)
     fail_stalled_after = models.DurationField(null=True, blank=True)
+    windows_by_type = models.JSONField(default=dict, db_default={}, blank=True)  # raw INSERTs (benchmarks) too
     batch_size = models.PositiveIntegerField(null=True, blank=True)
     filters = models.JSONField(default=dict, blank=True)
     host = models.CharField(max_length=255, blank=True)
@@ -164,6 +167,10 @@ class CleanupRun(models.Model):
 
     def __str__(self):
         return f"{'undo' if self.kind == RunKind.UNDO else 'cleanup'} run #{self.id}"
+
+    def windows(self, name: str) -> Windows | None:
+        """The window the run used (stuck_after, lock_ttl, fail_stalled_after), per content type."""
+        return Windows.recorded(getattr(self, name), self.windows_by_type.get(name))
 
     @property
     def repaired(self):

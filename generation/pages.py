@@ -85,17 +85,17 @@ def status_pass(judgement: ex.Judgement, applies, *, reports: bool, selected: bo
 @dataclass(frozen=True)
 class LockPass:
     rule: str  # expired_lock (the job), released_by_hand (the admin)
-    expired: object  # the lock cutoff's predicate, repeated in the DELETE; None for the admin's release
+    expired: object  # the lock cutoffs' predicate, repeated in the DELETE; None for the admin's release
     rows: object  # the annotated select, without the page's ids
 
 
-def lock_pass(*, cutoff, rule, clock) -> LockPass:
+def lock_pass(*, cutoffs, rule, clock) -> LockPass:
     rows = GenerationLock.objects.order_by("id").annotate(
         # re-checked on the locked row: a lock released and re-taken since the page was selected is not expired
-        expired_now=ex.still_expired(cutoff), held=ex.held(clock),
+        expired_now=ex.still_expired(cutoffs), held=ex.held(clock),
         **ex.referring_batch_annotations(GenerationStatus, clock), snapshot=ex.lock_snapshot(),
     ).values_list(*LOCK_ROW)
-    return LockPass(str(rule), None if cutoff is None else ex.expired(cutoff), rows)
+    return LockPass(str(rule), None if cutoffs is None else ex.expired(cutoffs), rows)
 
 
 # --- What a page did ------------------------------------------------------------------------------

@@ -28,6 +28,15 @@ def format_duration(value) -> str:
     return "".join(parts[:2])
 
 
+def format_windows(windows) -> str:
+    """A window with each content type's own (conf.Windows), short: `3h`, `3h, story 45m, video 8h`; without a
+    default (the fail-stalled window) `video 1d, other types never`."""
+    parts = [f"{name} {format_duration(window)}" for name, window in windows.by_type]
+    if windows.default is None:
+        return ", ".join([*parts, "other types never"])
+    return ", ".join([format_duration(windows.default), *parts])
+
+
 def format_status_line(detail: StatusDetail) -> str:
     b, a = detail.before, detail.after
     idle = f"idle {format_duration(detail.idle_s)}" if detail.idle_s is not None else "never updated"
@@ -141,7 +150,7 @@ def repair_message(report: CleanupReport) -> tuple[int, str]:
                               s.locks_released) % {"count": s.locks_released, "done": released})
     if s.stalled:
         # without an age window (force) a batch with work in flight may just be running
-        parts.append(f"{s.stalled} stalled (work in flight, no progress), not changed" if report.cutoff else
+        parts.append(f"{s.stalled} stalled (work in flight, no progress), not changed" if report.cutoffs else
                      f"{s.stalled} with work in flight (stalled or running), not changed")
     if s.corrupt:
         parts.append(f"{s.corrupt} corrupt (negative or NULL counters), not changed: fix by hand")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from . import rules
+from .conf import Cutoffs, Windows
 
 DETAILS_CAP = 1_000  # per report
 ERRORS_CAP = 100
@@ -96,14 +97,26 @@ def keep(totals, detail):
         totals.details_truncated = True
 
 
+def seconds_by_type(windows: Windows | None) -> dict:
+    return {} if windows is None else {name: seconds(window) for name, window in windows.by_type}
+
+
+def iso_by_type(cutoffs: Cutoffs | None) -> dict:
+    return {} if cutoffs is None else {name: iso(cutoff) for name, cutoff in cutoffs.by_type}
+
+
 @dataclass
 class CleanupReport:
+    """A run's counts and details. The windows are the run's (conf.Windows, a default and per-type overrides;
+    None where none applies: the admin's force repair, a lock release); the cutoffs are theirs at `now`, the
+    database clock read once at the start of the run."""
+
     trigger: str
     dry_run: bool
     now: datetime
-    stuck_after: timedelta | None = None
-    lock_ttl: timedelta | None = None
-    fail_stalled_after: timedelta | None = None
+    stuck_after: Windows | None = None
+    lock_ttl: Windows | None = None
+    fail_stalled_after: Windows | None = None
     batch_size: int | None = None
     run_id: int | None = None
     outcome: str = "ok"
@@ -114,16 +127,27 @@ class CleanupReport:
     duration_s: float = 0.0
 
     @property
-    def cutoff(self):
-        return self.now - self.stuck_after if self.stuck_after else None
+    def cutoffs(self) -> Cutoffs | None:
+        return self.stuck_after.cutoffs(self.now) if self.stuck_after else None
 
     @property
-    def lock_cutoff(self):
-        return self.now - self.lock_ttl if self.lock_ttl else None
+    def lock_cutoffs(self) -> Cutoffs | None:
+        return self.lock_ttl.cutoffs(self.now) if self.lock_ttl else None
 
     @property
-    def fail_cutoff(self):
-        return self.now - self.fail_stalled_after if self.fail_stalled_after else None
+    def fail_cutoffs(self) -> Cutoffs | None:
+        return self.fail_stalled_after.cutoffs(self.now) if self.fail_stalled_after else None
+
+    def cutoff_fields(self, *, every: bool = False) -> dict:
+        """The cutoffs as the JSON report and the run_started event write them: `cutoff` and `lock_cutoff` are
+        the defaults' (every content type's unless it has its own), then each type's own (the event: only
+        when there are)."""
+        fields = {"cutoff": iso(self.cutoffs and self.cutoffs.default),
+                  "lock_cutoff": iso(self.lock_cutoffs and self.lock_cutoffs.default)}
+        for name, cutoffs in (("cutoff_by_type", self.cutoffs), ("lock_cutoff_by_type", self.lock_cutoffs)):
+            if every or (cutoffs is not None and cutoffs.by_type):
+                fields[name] = iso_by_type(cutoffs)
+        return fields
 
     def error(self, message):
         if len(self.errors) < ERRORS_CAP:
@@ -139,11 +163,14 @@ class CleanupReport:
             "outcome": self.outcome,
             "skipped_reason": self.skipped_reason,
             "now": iso(self.now),
-            "cutoff": iso(self.cutoff),
-            "lock_cutoff": iso(self.lock_cutoff),
-            "stuck_after_s": seconds(self.stuck_after),
-            "lock_ttl_s": seconds(self.lock_ttl),
-            "fail_stalled_after_s": seconds(self.fail_stalled_after),
+            **self.cutoff_fields(every=True),
+            # the windows' defaults (every content type's unless it has its own), then each type's own
+            "stuck_after_s": seconds(self.stuck_after and self.stuck_after.default),
+            "lock_ttl_s": seconds(self.lock_ttl and self.lock_ttl.default),
+            "fail_stalled_after_s": seconds(self.fail_stalled_after and self.fail_stalled_after.default),
+            "stuck_after_by_type_s": seconds_by_type(self.stuck_after),
+            "lock_ttl_by_type_s": seconds_by_type(self.lock_ttl),
+            "fail_stalled_after_by_type_s": seconds_by_type(self.fail_stalled_after),
             "batch_size": self.batch_size,
             "statuses": {
                 "examined": s.examined,

@@ -21,10 +21,15 @@ from .rules import Rule
 
 def start_run(*, kind=RunKind.CLEANUP, trigger, dry_run=False, filters=None, actor=None, stuck_after=None,
               lock_ttl=None, fail_stalled_after=None, batch_size=None) -> CleanupRun:
+    """Open the run's row. The windows (conf.Windows, or None where none applies) are recorded as the run used
+    them: each default in its duration column, the content types' own in `windows_by_type`."""
+    windows = {"stuck_after": stuck_after, "lock_ttl": lock_ttl, "fail_stalled_after": fail_stalled_after}
     return CleanupRun.objects.create(
-        kind=kind, trigger=trigger, dry_run=dry_run, stuck_after=stuck_after, lock_ttl=lock_ttl,
-        fail_stalled_after=fail_stalled_after, batch_size=batch_size, filters=filters or {},
+        kind=kind, trigger=trigger, dry_run=dry_run, batch_size=batch_size, filters=filters or {},
         host=socket.gethostname()[:255], pid=os.getpid(), actor=actor,
+        **{name: window and window.default for name, window in windows.items()},
+        windows_by_type={name: window.by_type_seconds() for name, window in windows.items()
+                         if window is not None and window.by_type},
     )
 
 

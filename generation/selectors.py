@@ -2,11 +2,12 @@
 nothing here spells a rule (each comes from expressions.py).
 """
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.db.models import Count, Min, Q, Value
 
 from . import expressions as ex
+from .conf import Windows
 from .models import GenerationStatus, RepairRecord
 
 BIGINT_MAX = 2**63 - 1
@@ -22,26 +23,26 @@ def as_id(term: str) -> int | None:
 # --- Generation statuses -----------------------------------------------------------------------
 
 
-def diagnosis(*, now: datetime, stuck_after: timedelta) -> ex.Judgement:
-    """How the admin judges a row: rules.diagnose() with the stuck window, no fail-stalled window."""
-    return ex.Judgement(cutoff=now - stuck_after)
+def diagnosis(*, now: datetime, stuck_after: Windows) -> ex.Judgement:
+    """How the admin judges a row: rules.diagnose() with its content type's stuck window, no fail-stalled window."""
+    return ex.Judgement(cutoffs=stuck_after.cutoffs(now))
 
 
-def statuses_for_list(queryset, *, now: datetime, stuck_after: timedelta):
+def statuses_for_list(queryset, *, now: datetime, stuck_after: Windows):
     """The change list's rows with their `verdict` (rules.diagnose, in SQL) and `checked_at` (the database
     clock the page was judged at), so each row's diagnosis and age need no query of their own."""
     return queryset.annotate(verdict=diagnosis(now=now, stuck_after=stuck_after).verdict(), checked_at=Value(now))
 
 
-def filter_stuck(queryset, *, now: datetime, stuck_after: timedelta, rule: str | None = None):
+def filter_stuck(queryset, *, now: datetime, stuck_after: Windows, rule: str | None = None):
     """Stuck rows, optionally only those a given rule (rules.STUCK_RULES) would apply to."""
-    queryset = queryset.filter(ex.stuck(now - stuck_after))
+    queryset = queryset.filter(ex.stuck(stuck_after.cutoffs(now)))
     if rule is not None:
         queryset = queryset.filter(diagnosis(now=now, stuck_after=stuck_after).of(rule))
     return queryset
 
 
-def stuck_groups(*, now: datetime, stuck_after: timedelta) -> dict:
+def stuck_groups(*, now: datetime, stuck_after: Windows) -> dict:
     """Stuck batches by (content type, verdict): their count and the oldest one's updated_at. One scan of the
     in-progress index whatever the size of the table; the health page and the metrics both read this."""
     rows = (filter_stuck(GenerationStatus.objects.all(), now=now, stuck_after=stuck_after)
@@ -50,8 +51,8 @@ def stuck_groups(*, now: datetime, stuck_after: timedelta) -> dict:
     return {(content_type, verdict): (n, oldest) for content_type, verdict, n, oldest in rows}
 
 
-def filter_not_stuck(queryset, *, now: datetime, stuck_after: timedelta):
-    return queryset.exclude(ex.stuck(now - stuck_after))
+def filter_not_stuck(queryset, *, now: datetime, stuck_after: Windows):
+    return queryset.exclude(ex.stuck(stuck_after.cutoffs(now)))
 
 
 def search_statuses(queryset, term: str):
@@ -66,15 +67,18 @@ def search_statuses(queryset, term: str):
 # --- Generation locks --------------------------------------------------------------------------
 
 
-def locks_for_list(queryset, *, now: datetime):
+def locks_for_list(queryset, *, now: datetime, lock_ttl: Windows):
     """Locks with the batch that refers to them, in the page's one query (correlated subqueries on the
-    indexed lock_id), and the database clock the page was computed with."""
+    indexed lock_id), whether each is expired (by its content type's TTL), and the database clock the page
+    was computed with."""
     clock = Value(now)
-    return queryset.annotate(**ex.referring_batch_annotations(GenerationStatus, clock), checked_at=clock)
+    return queryset.annotate(**ex.referring_batch_annotations(GenerationStatus, clock),
+                             is_expired=ex.still_expired(lock_ttl.cutoffs(now)), checked_at=clock)
 
 
-def filter_expired(queryset, *, cutoff: datetime, expired: bool):
-    return queryset.filter(ex.expired(cutoff)) if expired else queryset.exclude(ex.expired(cutoff))
+def filter_expired(queryset, *, now: datetime, lock_ttl: Windows, expired: bool):
+    condition = ex.expired(lock_ttl.cutoffs(now))
+    return queryset.filter(condition) if expired else queryset.exclude(condition)
 
 
 def search_locks(queryset, term: str):

@@ -40,7 +40,7 @@ from .conf import JobSettings
 from .db import ConnectionLost, bounded_transaction, database_now, keyset_pages, one_line, single_run
 from .models import GenerationLock, GenerationStatus, RecordRule, Trigger
 from .pages import Page, lock_page, lock_pass, status_page, status_pass
-from .results import CleanupReport, iso
+from .results import CleanupReport
 from .rules import Rule
 from .runlog import finish_run, recorded, start_run
 
@@ -129,17 +129,17 @@ def _scoped(queryset, accounts, content_types):
     return queryset
 
 
-def stuck_candidates(*, cutoff, accounts=None, content_types=None):
-    return _scoped(GenerationStatus.objects.filter(ex.stuck(cutoff)), accounts, content_types)
+def stuck_candidates(*, cutoffs, accounts=None, content_types=None):
+    return _scoped(GenerationStatus.objects.filter(ex.stuck(cutoffs)), accounts, content_types)
 
 
-def expired_lock_candidates(*, cutoff, accounts=None, content_types=None):
-    return _scoped(GenerationLock.objects.filter(ex.expired(cutoff)), accounts, content_types)
+def expired_lock_candidates(*, cutoffs, accounts=None, content_types=None):
+    return _scoped(GenerationLock.objects.filter(ex.expired(cutoffs)), accounts, content_types)
 
 
 def count_stuck(*, job: JobSettings, accounts=None, content_types=None) -> int:
     """How many batches are stuck now (for the command's progress bar)."""
-    return stuck_candidates(cutoff=database_now() - job.stuck_after, accounts=accounts,
+    return stuck_candidates(cutoffs=job.stuck_after.cutoffs(database_now()), accounts=accounts,
                             content_types=content_types).count()
 
 
@@ -170,8 +170,8 @@ def cleanup(*, job: JobSettings, dry_run: bool = False, accounts: list[int] | No
         run = None if dry_run else start_run(**run_fields)
         report.run_id = run.pk if run else None
         logger.info("run_started", extra={"fields": {
-            "run_id": report.run_id, "trigger": trigger, "dry_run": dry_run, "cutoff": iso(report.cutoff),
-            "lock_cutoff": iso(report.lock_cutoff), "batch_size": job.batch_size, **filters}})
+            "run_id": report.run_id, "trigger": trigger, "dry_run": dry_run, **report.cutoff_fields(),
+            "batch_size": job.batch_size, **filters}})
         with recorded(report, run):
             released = set()
             if only in (None, "statuses"):
@@ -193,9 +193,9 @@ def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> s
     except DatabaseError as exc:
         what = "the check for unjudgeable batches"
         _failed(report, report.statuses, f"{what}: failed, left for the next run ({one_line(exc)})", what, exc)
-    judged = status_pass(ex.Judgement(cutoff=report.cutoff, fail_stalled=report.fail_cutoff), rules.REPAIRS,
+    judged = status_pass(ex.Judgement(cutoffs=report.cutoffs, fail_stalled=report.fail_cutoffs), rules.REPAIRS,
                          reports=True, selected=False, clock=ex.pass_clock(connection))
-    candidates = stuck_candidates(cutoff=report.cutoff, accounts=accounts, content_types=content_types)
+    candidates = stuck_candidates(cutoffs=report.cutoffs, accounts=accounts, content_types=content_types)
     released = set()
     for ids in _pages(report, report.statuses, "status pages", job, candidates):
         page = _run_page(report, report.statuses, f"status page #{ids[0]}..#{ids[-1]}", job, lambda ids=ids: (
@@ -208,8 +208,8 @@ def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> s
 
 
 def _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page, released):
-    candidates = expired_lock_candidates(cutoff=report.lock_cutoff, accounts=accounts, content_types=content_types)
-    judged = lock_pass(cutoff=report.lock_cutoff, rule=RecordRule.EXPIRED_LOCK, clock=ex.pass_clock(connection))
+    candidates = expired_lock_candidates(cutoffs=report.lock_cutoffs, accounts=accounts, content_types=content_types)
+    judged = lock_pass(cutoffs=report.lock_cutoffs, rule=RecordRule.EXPIRED_LOCK, clock=ex.pass_clock(connection))
     for ids in _pages(report, report.locks, "lock pages", job, candidates):
         page = _run_page(report, report.locks, f"lock page #{ids[0]}..#{ids[-1]}", job, lambda ids=ids: (
             lock_page(ids, judged, dry_run=report.dry_run, run=run, actor=actor,
@@ -229,11 +229,11 @@ def repair_selected(*, job: JobSettings, ids, mode: Mode = Mode.SCHEDULED, actor
     report = CleanupReport(trigger=trigger, dry_run=dry_run, now=database_now(), batch_size=job.batch_size)
     if mode == Mode.SCHEDULED:
         report.stuck_after, report.fail_stalled_after = job.stuck_after, job.fail_stalled_after
-        judgement, applies = ex.Judgement(cutoff=report.cutoff, fail_stalled=report.fail_cutoff), rules.REPAIRS
+        judgement, applies = ex.Judgement(cutoffs=report.cutoffs, fail_stalled=report.fail_cutoffs), rules.REPAIRS
     elif mode == Mode.FORCE:
-        judgement, applies = ex.Judgement(cutoff=None), rules.REPAIRS
+        judgement, applies = ex.Judgement(cutoffs=None), rules.REPAIRS
     else:
-        judgement, applies = ex.Judgement(cutoff=None, fail_stalled=True), (Rule.STALLED_FAILED,)
+        judgement, applies = ex.Judgement(cutoffs=None, fail_stalled=True), (Rule.STALLED_FAILED,)
     judged = status_pass(judgement, applies, reports=mode != Mode.FAIL_STALLED, selected=True,
                          clock=ex.pass_clock(connection))
     ids = sorted({int(i) for i in ids})
@@ -255,7 +255,7 @@ def release_locks(*, job: JobSettings, ids, actor=None, dry_run: bool = False,
     run = None if dry_run else start_run(trigger=trigger, filters={"lock_ids": ids[:1000]}, actor=actor,
                                          batch_size=job.batch_size)
     report.run_id = run.pk if run else None
-    judged = lock_pass(cutoff=None, rule=RecordRule.RELEASED_BY_HAND, clock=ex.pass_clock(connection))
+    judged = lock_pass(cutoffs=None, rule=RecordRule.RELEASED_BY_HAND, clock=ex.pass_clock(connection))
     with recorded(report, run):
         _selected_pages(report, report.locks, "selected locks", ids, job, lambda page: (
             lock_page(page, judged, dry_run=dry_run, run=run, actor=actor)))

@@ -640,7 +640,7 @@ def test_undo_confirms_first_with_what_each_record_would_do_then_undoes(operator
     assert '<mark class="gen-changed">processing</mark>' not in record_tr(html, overflow_record.pk)  # still in progress
     lock_row = record_tr(html, released.pk)
     assert lock.lock_id in lock_row and "with its batch" in lock_row and 'class="gen-flag"' in lock_row
-    assert "older than the lock TTL (3h): the next cleanup run deletes it again" in lock_row
+    assert "older than the lock TTL of video (3h): the next cleanup run deletes it again" in lock_row
     assert '<input type="hidden" name="post" value="yes">' in html and 'value="Yes, undo these repairs"' in html
     # the preview was rolled back: nothing changed, nothing recorded
     assert counters(finished) == (10, 0, 0, 7, 3, "partial") and counters(overflow) == (10, 2, 2, 6, 0, "processing")

@@ -16,6 +16,7 @@ from django.contrib.staticfiles.testing import StaticLiveServerTestCase
 from django.test import override_settings
 from django.utils import timezone
 
+from generation.conf import Windows
 from generation.demo import seed_demo_data
 from generation.models import (
     CleanupRun,
@@ -123,7 +124,7 @@ class AdminInChromium(StaticLiveServerTestCase):
 
         browser, url = self.browser, self.live_server_url
         wait = WebDriverWait(browser, WAIT_S)
-        seed_demo_data(count=80, seed=42, lock_ttl=timedelta(hours=3))
+        seed_demo_data(count=80, seed=42, lock_ttl=Windows(timedelta(hours=3)))
         history()
         operator()
 

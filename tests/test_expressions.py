@@ -1,6 +1,8 @@
 """expressions.py is rules.py in SQL: the verdict, every rule's writes (as the select computes them and as the
 UPDATE writes them), the snapshots and the batch that refers to a lock. Exhaustively over small counters (NULL
-and negatives included), and by property tests up to +-2^63; on SQLite and on PostgreSQL."""
+and negatives included), and by property tests up to +-2^63; each row judged by the windows of its own content
+type (a type the windows do not name gets the default; the fail-stalled window may have none); on SQLite and
+on PostgreSQL."""
 
 import itertools
 import json
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 
 from generation import expressions as ex
 from generation import rules
+from generation.conf import Windows, parse_fail_stalled_windows, parse_windows
 from generation.db import database_now
 from generation.models import GenerationLock, GenerationStatus
 from generation.rules import COUNTER_FIELDS, Counters, Rule
@@ -24,20 +27,33 @@ WINDOW = timedelta(hours=3)
 STUCK, FRESH = WINDOW + timedelta(minutes=1), WINDOW - timedelta(minutes=1)
 FAIL_WINDOW = timedelta(hours=5)
 BIGINT_MAX, BIGINT_MIN = 2**63 - 1, -(2**63)
+MINUTE = timedelta(minutes=1)
+WINDOWS, FAIL_WINDOWS = Windows(WINDOW), Windows(FAIL_WINDOW)  # one window for every content type
 
-# (updated_at's age, or None for NULL) -> rules.diagnose()'s `stuck`, and whether the fail-stalled window passed
-AGES = {STUCK: True, FRESH: False, FAIL_WINDOW + timedelta(minutes=1): True, None: None}
+# updated_at's ages (None for NULL): a minute either side of the stuck window, past the fail-stalled one
+AGES = (STUCK, FRESH, FAIL_WINDOW + MINUTE, None)
+# the rows' content types: the contract's three, and one no window below names
+CONTENT_TYPES = ("video", "story", "slideshow", "podcast")
 
 
 def insert(batches):
-    """batches: [(Counters, status, age)]; returns the rows' ids in order."""
+    """batches: [(Counters, status, age[, content type: video])]; returns the database clock and the rows' ids."""
     GenerationStatus.objects.all().delete()
     now = database_now()
     rows = GenerationStatus.objects.bulk_create([
-        GenerationStatus(account_id=n, content_type="video", status=status, lock_id=f"lock-{n}",
+        GenerationStatus(account_id=n, content_type=content_type, status=status, lock_id=f"lock-{n}",
                          updated_at=None if age is None else now - age, **counters.as_dict())
-        for n, (counters, status, age) in enumerate(batches)], batch_size=2_000)
+        for n, (counters, status, age, content_type) in enumerate(map(typed, batches))], batch_size=2_000)
     return now, [row.pk for row in rows]
+
+
+def typed(batch):
+    return batch if len(batch) == 4 else (*batch, "video")
+
+
+def idle_past(age, window) -> bool | None:
+    """rules' "stuck": idle longer than the window (None: the age is unknown). updated_at < now - window."""
+    return None if age is None else age > window
 
 
 def judged(judgement, now, columns=()):
@@ -47,27 +63,34 @@ def judged(judgement, now, columns=()):
             .values_list("id", *annotations)}
 
 
-def expected_verdict(counters, status, age, *, windowed, fail_stalled):
-    """rules.diagnose() of a row `age` old; fail_stalled None (never), "window" (FAIL_WINDOW) or True (always)."""
-    stuck = AGES[age] if windowed else True
-    fail = fail_stalled is True or (fail_stalled == "window" and age is not None and age > FAIL_WINDOW)
+def expected_verdict(counters, status, age, content_type, *, stuck_after, fail_stalled):
+    """rules.diagnose() of a row `age` old, by the windows of its content type: stuck_after Windows or None (no
+    window: the admin's force); fail_stalled None (never), Windows (a type without one: never) or True (always)."""
+    stuck = True if stuck_after is None else idle_past(age, stuck_after.for_type(content_type))
+    fail_window = fail_stalled.for_type(content_type) if isinstance(fail_stalled, Windows) else None
+    fail = fail_stalled is True or (fail_window is not None and bool(idle_past(age, fail_window)))
     return rules.diagnose(counters, status, stuck=stuck, fail_stalled=fail)
 
 
-def check_verdicts_and_writes(batches):
-    """Every judgement a pass can make (a window or none, fail-stalled never/after a window/always): the SQL
-    verdict is rules.diagnose(); for each repaired row, the after-values are rules.decide()'s; then the UPDATE
-    of each rule, WHERE the verdict is that rule, leaves each row as rules.decide() says."""
+def check_verdicts_and_writes(batches, *, stuck_after=WINDOWS, fail_stalled_after=FAIL_WINDOWS):
+    """Every judgement a pass can make (the stuck windows or none, fail-stalled never/after its windows/always),
+    with the cutoffs taken at the clock the rows were aged by: the SQL verdict is rules.diagnose() with each
+    row's own windows; for each repaired row, the after-values are rules.decide()'s; then the UPDATE of each
+    rule, WHERE the verdict is that rule, leaves each row as rules.decide() says."""
     now, ids = insert(batches)
+    batches = [typed(batch) for batch in batches]
     checked = {"verdicts": 0, "writes": 0}
-    fail_cutoffs = {None: None, "window": now - FAIL_WINDOW, True: True}
-    for windowed, fail_stalled in ((True, None), (True, "window"), (False, None), (False, True)):
-        judgement = ex.Judgement(cutoff=now - WINDOW if windowed else None, fail_stalled=fail_cutoffs[fail_stalled])
+    for stuck_after_, fail_stalled in ((stuck_after, None), (stuck_after, fail_stalled_after), (None, None),
+                                       (None, True)):
+        judgement = ex.Judgement(
+            cutoffs=stuck_after_.cutoffs(now) if stuck_after_ else None,
+            fail_stalled=fail_stalled.cutoffs(now) if isinstance(fail_stalled, Windows) else fail_stalled)
         computed = judged(judgement, now, columns=ex.WRITTEN)
-        for pk, (counters, status, age) in zip(ids, batches, strict=True):
+        for pk, (counters, status, age, content_type) in zip(ids, batches, strict=True):
             verdict, *after = computed[pk]
-            expect = expected_verdict(counters, status, age, windowed=windowed, fail_stalled=fail_stalled)
-            assert verdict == expect, (counters, status, age, windowed, fail_stalled)
+            expect = expected_verdict(counters, status, age, content_type, stuck_after=stuck_after_,
+                                      fail_stalled=fail_stalled)
+            assert verdict == expect, (counters, status, age, content_type, stuck_after_, fail_stalled)
             checked["verdicts"] += 1
             if verdict in rules.REPAIRS:
                 decision = rules.decide(counters, status, fail_stalled=verdict == Rule.STALLED_FAILED)
@@ -78,7 +101,7 @@ def check_verdicts_and_writes(batches):
             else:
                 assert after == [counters.total_queued, counters.total_processing, counters.total_failed, status]
     # the UPDATEs themselves (the fail-stalled pass, so every repair rule has rows)
-    judgement = ex.Judgement(cutoff=now - WINDOW, fail_stalled=True)
+    judgement = ex.Judgement(cutoffs=stuck_after.cutoffs(now), fail_stalled=True)
     verdicts = {pk: verdict for pk, (verdict,) in judged(judgement, now).items()}
     for rule in rules.REPAIRS:
         rule_ids = [pk for pk, verdict in verdicts.items() if verdict == rule]
@@ -86,7 +109,7 @@ def check_verdicts_and_writes(batches):
             **ex.WRITES[rule])
         assert written == len(rule_ids)
     stored = {row.pk: row for row in GenerationStatus.objects.all()}
-    for pk, (counters, status, _age) in zip(ids, batches, strict=True):
+    for pk, (counters, status, *_) in zip(ids, batches, strict=True):
         row, verdict = stored[pk], verdicts[pk]
         if verdict in rules.REPAIRS:
             decision = rules.decide(counters, status, fail_stalled=True)
@@ -121,7 +144,7 @@ def test_every_status_and_age_gets_its_verdict():
     batches = [(Counters(*shape), status, age) for shape in shapes for status in statuses for age in AGES]
     check_verdicts_and_writes(batches)
     now, _ = insert(batches)
-    verdicts = {verdict for (verdict,) in judged(ex.Judgement(cutoff=now - WINDOW), now).values()}
+    verdicts = {verdict for (verdict,) in judged(ex.Judgement(cutoffs=Windows(WINDOW).cutoffs(now)), now).values()}
     assert verdicts == {*rules.Verdict, *rules.STUCK_RULES}, "every verdict was produced at least once"
 
 
@@ -135,7 +158,7 @@ near_boundaries = st.builds(Counters, st.integers(0, 8), st.integers(0, 4), st.i
 huge = st.builds(Counters, st.integers(BIGINT_MAX - 30, BIGINT_MAX), st.integers(0, BIGINT_MAX),
                  st.integers(0, BIGINT_MAX), st.integers(0, BIGINT_MAX), st.integers(0, BIGINT_MAX))
 batch = st.tuples(st.one_of(st.builds(Counters, total, counter, counter, counter, counter), near_boundaries, huge),
-                  st.sampled_from(rules.IN_PROGRESS), st.sampled_from(list(AGES)))
+                  st.sampled_from(rules.IN_PROGRESS), st.sampled_from(AGES))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -153,6 +176,90 @@ def test_counters_at_the_bigint_limit_are_judged_and_written_without_overflow():
               (big, big, 0, 0, 0), (big, big, big, 1, 1)]
     checked = check_verdicts_and_writes([(Counters(*shape), "processing", STUCK) for shape in shapes])
     assert checked["verdicts"] == 4 * len(shapes) and checked["writes"] >= len(shapes)
+
+
+# --- Each row by the windows of its own content type ----------------------------------------------------
+
+SHAPES = [(10, 0, 2, 7, 3), (10, 0, 0, 6, 1), (10, 2, 5, 6, 0), (10, 1, 1, 3, 2), (3, 0, -1, 2, 0)]
+
+
+def test_each_content_type_is_judged_by_its_own_window_a_minute_either_side_of_each():
+    """GENERATION_STUCK_AFTER=3h,video=8h,story=45m and a fail-stalled window for two types only: for every
+    content type (podcast: named by none), rows a minute either side of every window, judged as rules say."""
+    stuck_after = parse_windows("3h,video=8h,story=45m")
+    fail_stalled_after = parse_fail_stalled_windows("video=10h,slideshow=5h")
+    windows = {*stuck_after.values(), *fail_stalled_after.values()}
+    ages = sorted({window + delta for window in windows for delta in (-MINUTE, timedelta(0), MINUTE)}) + [None]
+    batches = [(Counters(*shape), status, age, content_type) for shape in SHAPES for status in rules.IN_PROGRESS
+               for age in ages for content_type in CONTENT_TYPES]
+    checked = check_verdicts_and_writes(batches, stuck_after=stuck_after, fail_stalled_after=fail_stalled_after)
+    assert checked["verdicts"] == 4 * len(batches)
+    now, _ = insert(batches)
+    verdicts = judged(ex.Judgement(cutoffs=stuck_after.cutoffs(now), fail_stalled=fail_stalled_after.cutoffs(now)),
+                      now)
+    assert {verdict for (verdict,) in verdicts.values()} >= {rules.Verdict.HEALTHY, Rule.STALLED_FAILED, Rule.STALLED}
+
+
+minutes = st.integers(1, 12 * 60).map(lambda n: timedelta(minutes=n))
+# windows may name a type no row has (audio); rows may be of a type no window names (podcast)
+named = st.dictionaries(st.sampled_from(["video", "story", "slideshow", "audio"]), minutes, max_size=3).map(
+    lambda by_type: tuple(by_type.items()))
+stuck_windows = st.builds(Windows, minutes, named)
+fail_windows = st.one_of(st.none(), st.builds(Windows, minutes, named),
+                         st.builds(Windows, st.none(), named.filter(bool)))
+typed_batch = st.tuples(st.one_of(near_boundaries, st.builds(Counters, total, counter, counter, counter, counter)),
+                        st.sampled_from(rules.IN_PROGRESS), st.one_of(st.none(), minutes),
+                        st.sampled_from(CONTENT_TYPES))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(batches=st.lists(typed_batch, min_size=1, max_size=40), stuck_after=stuck_windows,
+       fail_stalled_after=fail_windows)
+def test_any_windows_by_content_type_judge_each_row_as_rules_say(batches, stuck_after, fail_stalled_after):
+    """Random windows per type (ages in whole minutes, so a row may sit exactly on its cutoff: not stuck)."""
+    check_verdicts_and_writes(batches, stuck_after=stuck_after, fail_stalled_after=fail_stalled_after)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(batches=st.lists(typed_batch, min_size=1, max_size=40), stuck_after=stuck_windows,
+       held=st.lists(st.tuples(minutes, st.sampled_from(CONTENT_TYPES)), max_size=20), lock_ttl=stuck_windows)
+def test_the_stuck_moving_and_expired_predicates_use_each_rows_own_window(batches, stuck_after, held, lock_ttl):
+    """stuck() (the candidate scan), moving() (the health page's locks of moving batches) and expired() /
+    still_expired() (the lock scan, re-checked on the locked row) against each row's own window."""
+    now, ids = insert(batches)
+    cutoffs = stuck_after.cutoffs(now)
+    stuck = set(GenerationStatus.objects.filter(ex.stuck(cutoffs)).values_list("id", flat=True))
+    moving = set(GenerationStatus.objects.filter(ex.moving(cutoffs)).values_list("id", flat=True))
+    for pk, (_counters, status, age, content_type) in zip(ids, batches, strict=True):
+        past = idle_past(age, stuck_after.for_type(content_type))
+        assert (pk in stuck) == bool(status in rules.IN_PROGRESS and past), (age, content_type, stuck_after)
+        assert (pk in moving) == (status in rules.IN_PROGRESS and past is False), (age, content_type, stuck_after)
+    GenerationLock.objects.all().delete()
+    locks = GenerationLock.objects.bulk_create([
+        GenerationLock(account_id=n, content_type=content_type, locked_at=now - age, lock_id=f"held-{n}")
+        for n, (age, content_type) in enumerate(held)])
+    lock_cutoffs = lock_ttl.cutoffs(now)
+    expired = set(GenerationLock.objects.filter(ex.expired(lock_cutoffs)).values_list("id", flat=True))
+    column = dict(GenerationLock.objects.annotate(e=ex.still_expired(lock_cutoffs)).values_list("id", "e"))
+    for lock, (age, content_type) in zip(locks, held, strict=True):
+        assert (lock.pk in expired) == column[lock.pk] == (age > lock_ttl.for_type(content_type))
+
+
+def test_one_window_for_every_type_is_the_plain_comparison_and_per_type_windows_share_one_bound():
+    """A bare duration asks what it always asked (updated_at < %s, nothing else); windows per type add one
+    branch per named type and one for the others, under the bound of the shortest window."""
+    now = database_now()
+    plain = str(GenerationStatus.objects.filter(ex.stuck(Windows(WINDOW).cutoffs(now))).values("id").query)
+    assert plain.count("updated_at") == 1 and "content_type" not in plain
+    per_type = str(GenerationStatus.objects.filter(ex.stuck(parse_windows("3h,video=8h").cutoffs(now))).values("id")
+                   .query)
+    assert per_type.count("updated_at") == 3 and per_type.count("content_type") == 2
+    assert "NOT" in per_type  # the default's branch: the types not named
+    without_default = str(GenerationStatus.objects.filter(
+        ex.idle_since_before(parse_fail_stalled_windows("video=1d").cutoffs(now))).values("id").query)
+    assert without_default.count("content_type") == 1 and "NOT" not in without_default
 
 
 # --- Snapshots -----------------------------------------------------------------------------------
@@ -177,7 +284,7 @@ def test_the_after_snapshot_stamps_the_clock_only_where_a_repair_applies(django_
     now, ids = insert([(Counters(10, 0, 0, 6, 1), "processing", STUCK), (Counters(10, 2, 5, 6, 0), "processing", STUCK),
                        (Counters(10, 1, 1, 3, 2), "processing", STUCK)])
     clock = ex.pass_clock(connection)
-    judgement = ex.Judgement(cutoff=now - WINDOW)
+    judgement = ex.Judgement(cutoffs=Windows(WINDOW).cutoffs(now))
     rows = dict(GenerationStatus.objects.annotate(after=ex.status_snapshot_after(judgement, clock))
                 .values_list("id", "after"))
     finished, overflowed, stalled = (json.loads(rows[pk]) for pk in ids)

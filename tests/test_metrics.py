@@ -262,7 +262,7 @@ def test_a_bad_setting_is_503_and_one_line_never_a_traceback(client, settings):
     response = with_token(client)
     assert (response.status_code, response.content.decode()) == (
         503, "metrics unavailable: GENERATION_STUCK_AFTER='soon' is not a duration (use e.g. 90m, 3h, 1h30m, 45s or "
-             "plain seconds)\n")
+             "plain seconds) nor durations by content type (e.g. 3h,video=8h,story=45m)\n")
 
 
 @pytest.mark.postgres
@@ -306,8 +306,10 @@ def rows_read(table):
 
 @pytest.mark.postgres
 @pytest.mark.django_db
+@pytest.mark.parametrize("windows", ["3h", "3h,video=8h,story=45m"], ids=["one-window", "per-type"])
 @pytest.mark.parametrize("stuck_every", [10, 0], ids=["backlog-20000", "quiet"])
-def test_every_scrape_query_is_index_driven_on_a_large_table(stuck_every):
+def test_every_scrape_query_is_index_driven_on_a_large_table(stuck_every, windows, settings):
+    settings.GENERATION_STUCK_AFTER = settings.GENERATION_LOCK_TTL = windows
     fill(stuck_every=stuck_every, locks=TABLE_ROWS)
     with connection.cursor() as cursor:  # a year of the job's history, for the run queries
         cursor.execute(RUN_HISTORY_SQL, {"runs": YEAR_OF_RUNS})

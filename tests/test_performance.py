@@ -6,6 +6,7 @@ the properties it depends on, fast enough for every CI run.
 """
 
 import logging
+import re
 import time
 from datetime import timedelta
 
@@ -15,7 +16,9 @@ from django.test.utils import CaptureQueriesContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from generation import expressions as ex
 from generation import rules, services
+from generation.conf import Windows, parse_windows
 from generation.db import database_now, keyset_pages
 from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
 from generation.results import CleanupReport
@@ -36,7 +39,8 @@ TABLE_ROWS = 200_000
 FILL_STATUS_SQL = """
 INSERT INTO account_generation_status (created_at, updated_at, account_id, content_type, total_requested,
     total_queued, total_processing, total_completed, total_failed, status, completed_at, lock_id)
-SELECT now() - interval '30 days', updated_at, i %% 5000, 'video', 10, q, p, c, 10 - c - q - p, status,
+SELECT now() - interval '30 days', updated_at, i %% 5000, (ARRAY['video', 'story', 'slideshow'])[i %% 3 + 1], 10,
+       q, p, c, 10 - c - q - p, status,
        CASE WHEN status IN ('queuing', 'processing') THEN NULL ELSE updated_at END, 'lock-' || i
 FROM (SELECT i,
              CASE WHEN %(every)s > 0 AND i %% %(every)s = 0 THEN now() - interval '4 hours' - i * interval '1 second'
@@ -52,7 +56,7 @@ FROM (SELECT i,
 
 FILL_LOCKS_SQL = """
 INSERT INTO account_generation_locks (created_at, account_id, content_type, locked_at, lock_id)
-SELECT now() - interval '1 hour', k, 'story',
+SELECT now() - interval '1 hour', k, (ARRAY['video', 'story', 'slideshow'])[k %% 3 + 1],
        CASE WHEN k %% 100 = 0 THEN now() - interval '5 hours' ELSE now() - interval '20 minutes' END, 'lock-' || k
 FROM generate_series(1, %(rows)s) AS k
 """
@@ -83,13 +87,28 @@ def plan_of(query):
         return "\n".join(line for (line,) in cursor.fetchall())
 
 
+# One window for every content type, and a window per type (GENERATION_STUCK_AFTER=3h,video=8h,story=45m):
+# the per-type predicate must not cost the scans their indexes.
+WINDOWS = {"one-window": Windows(timedelta(hours=3)), "per-type": parse_windows("3h,video=8h,story=45m")}
+IN_FLIGHT = 1_000  # the rows FILL_STATUS_SQL leaves in progress besides the stuck ones
+
+
+def rows_read(plan, index):
+    """How many rows the plan's scan of `index` read: the rows it returned and those its filter dropped."""
+    [scan] = [line for line in plan.split("->") if index in line]
+    returned = int(re.search(r"actual time=\S+ rows=(\d+)", scan).group(1))
+    removed = re.search(r"Rows Removed by Filter: (\d+)", scan)
+    return returned + (int(removed.group(1)) if removed else 0)
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db
+@pytest.mark.parametrize("windows", list(WINDOWS.values()), ids=list(WINDOWS))
 @pytest.mark.parametrize("stuck_every", [10, 250, 0], ids=["backlog-20000", "backlog-800", "quiet"])
-def test_candidate_pages_scan_the_partial_index_not_the_table(stuck_every):
+def test_candidate_pages_scan_the_partial_index_not_the_table(stuck_every, windows):
     fill(stuck_every=stuck_every)
-    cutoff = database_now() - PARAMS["stuck_after"]
-    queries = page_queries(services.stuck_candidates(cutoff=cutoff), pages=3)
+    cutoffs = windows.cutoffs(database_now())
+    queries = page_queries(services.stuck_candidates(cutoffs=cutoffs), pages=3)
     first, later = queries[0], queries[-1]
     if stuck_every:
         assert len(queries) == 3 and '"id" > 0' not in later, "the third query is a later keyset page"
@@ -97,18 +116,28 @@ def test_candidate_pages_scan_the_partial_index_not_the_table(stuck_every):
         plan = plan_of(query)
         assert "agstatus_in_progress_idx" in plan, plan
         assert "Seq Scan on account_generation_status" not in plan, plan
+    if not stuck_every:
+        # a quiet run reads the rows in flight and nothing else, whatever the windows
+        assert rows_read(plan_of(first), "agstatus_in_progress_idx") == IN_FLIGHT
 
 
 @pytest.mark.postgres
 @pytest.mark.django_db
-def test_expired_lock_pages_scan_the_locked_at_index():
+@pytest.mark.parametrize("windows", list(WINDOWS.values()), ids=list(WINDOWS))
+def test_expired_lock_pages_scan_the_locked_at_index(windows):
     fill(stuck_every=0, locks=TABLE_ROWS)
-    cutoff = database_now() - PARAMS["lock_ttl"]
-    first, *_, later = page_queries(services.expired_lock_candidates(cutoff=cutoff), pages=3)
+    cutoffs = windows.cutoffs(database_now())
+    first, *_, later = page_queries(services.expired_lock_candidates(cutoffs=cutoffs), pages=3)
     for query in (first, later):
         plan = plan_of(query)
         assert "aglocks_locked_at_idx" in plan, plan
         assert "Seq Scan" not in plan, plan
+    # one lock in 100 is 5 h old, the rest 20 min: only those (fewer per-type, video's 8 h spares its own)
+    # are read, through the index's range up to the shortest window's cutoff
+    expired = GenerationLock.objects.filter(ex.expired(cutoffs)).count()
+    assert expired == (TABLE_ROWS // 100 if windows.default and not windows.by_type else
+                       sum(1 for k in range(100, TABLE_ROWS + 1, 100) if k % 3 + 1 != 1))
+    assert rows_read(plan_of(first), "aglocks_locked_at_idx") <= TABLE_ROWS // 100 + 1
 
 
 @pytest.mark.postgres

@@ -6,6 +6,7 @@ import pytest
 from django.utils import timezone
 
 from generation import selectors, services
+from generation.conf import Windows
 from generation.db import database_now
 from generation.models import GenerationLock, GenerationStatus
 from generation.rules import STUCK_RULES, Rule
@@ -31,7 +32,7 @@ def test_filter_stuck_by_rule_at_the_window_edge():
         make(10, 0, 2, 7, 3), make(10, 0, 2, 7, 3, idle=FRESH), make(10, 0, 0, 6, 1), make(10, 2, 5, 6, 0),
         make(10, 1, 1, 3, 2), make(3, 0, -1, 2, 0), make(3, 0, 0, 3, 0, status="completed"),
     ])
-    qs, window = GenerationStatus.objects.all(), {"now": timezone.now(), "stuck_after": WINDOW}
+    qs, window = GenerationStatus.objects.all(), {"now": timezone.now(), "stuck_after": Windows(WINDOW)}
     assert selectors.filter_stuck(qs, **window).count() == 5
     assert {rule: selectors.filter_stuck(qs, **window, rule=rule).count() for rule in STUCK_RULES} == {
         Rule.CORRUPT: 1, Rule.ALL_ACCOUNTED: 1, Rule.NO_ACTIVE_TASKS: 1, Rule.COUNTER_OVERFLOW: 1, Rule.STALLED: 1}
@@ -44,7 +45,7 @@ def test_the_list_verdict_is_the_diagnosis_of_each_row():
         make(3, 0, 0, 3, 0, status="completed", account=4), make(3, 1, 0, 0, 0, idle=None, account=5),
         make(3, 1, 0, 0, 0, status="paused", account=6)])
     rows = selectors.statuses_for_list(GenerationStatus.objects.order_by("account_id"), now=timezone.now(),
-                                       stuck_after=WINDOW)
+                                       stuck_after=Windows(WINDOW))
     assert [row.verdict for row in rows] == ["all_accounted", "healthy", "corrupt", "finished", "never_updated",
                                              "unknown_status"]
 
@@ -88,7 +89,7 @@ def test_the_locks_list_the_release_preview_and_the_cleanup_report_name_the_same
     GenerationStatus.objects.create(status="processing", updated_at=None, lock_id="L", **common)
     lock = GenerationLock.objects.create(account_id=5, content_type="video", lock_id="L",
                                          locked_at=now - timedelta(hours=5))
-    listed = selectors.locks_for_list(GenerationLock.objects.filter(pk=lock.pk), now=now).get()
+    listed = selectors.locks_for_list(GenerationLock.objects.filter(pk=lock.pk), now=now, lock_ttl=job().lock_ttl).get()
     preview = services.release_locks(job=job(), ids=[lock.pk], dry_run=True).locks.details[0]
     report = services.cleanup(job=job(), dry_run=True, only="locks").locks.details[0]
     assert listed.batch_id == preview.batch_id == report.batch_id == moved.pk

@@ -12,6 +12,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 
 from generation import results, services
+from generation.conf import parse_windows
 from generation.demo import seed_demo_data
 from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
 from generation.rules import COUNTER_FIELDS, REPAIRS, Counters
@@ -411,11 +412,16 @@ def test_many_anomalies_are_counted_exactly_and_named_up_to_the_cap(monkeypatch)
     assert len(report["errors"]) == 3 and report["errors"][-1] == "3 more batches like these (unknown_status); not changed"
 
 
-def test_the_dry_run_predicts_exactly_what_the_real_run_then_does():
+@pytest.mark.parametrize("windows", [
+    {"fail_stalled_after": "30h"},
+    {"stuck_after": "3h,video=8h,story=45m", "lock_ttl": "3h,video=50h", "fail_stalled_after": "30h,story=60h"},
+], ids=["one-window", "per-type"])
+def test_the_dry_run_predicts_exactly_what_the_real_run_then_does(windows):
     """Same batches, same rules, same values after (counters, status, whether it finishes), same locks, on the
-    demo's mix of every rule, with a fail-stalled window so that every repair rule occurs."""
-    seed_demo_data(count=300, seed=7, lock_ttl=timedelta(hours=3))
-    the_job = job(fail_stalled_after=timedelta(hours=30))
+    demo's mix of every rule and content type, with a fail-stalled window so that every repair rule occurs;
+    with one window for every type, and with windows per type."""
+    the_job = job(**{name: parse_windows(text) for name, text in windows.items()})
+    seed_demo_data(count=300, seed=7, lock_ttl=the_job.lock_ttl)
     dry = services.cleanup(job=the_job, dry_run=True)
     assert not dry.statuses.details_truncated and CleanupRun.objects.count() == 0
     predicted = {d.id: (d.rule, {k: d.after[k] for k in (*COUNTER_FIELDS, "status")}, d.after["completed_at"] is None)

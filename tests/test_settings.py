@@ -8,7 +8,8 @@ import pytest
 
 from .helpers import ROOT, checkout_copy, manage, readme_production_env, user_environment
 
-PRINT_JOB = "from generation.conf import job_settings; j = job_settings(); print(j.stuck_after, j.lock_ttl, j.batch_size)"
+PRINT_JOB = ("from generation.conf import job_settings; j = job_settings(); "
+             "print(j.stuck_after.default, j.lock_ttl.default, j.batch_size)")
 
 
 def test_env_file_with_inline_comments(tmp_path):
@@ -21,6 +22,17 @@ def test_env_file_with_inline_comments(tmp_path):
     result = manage("shell", "-c", PRINT_JOB, env={"ENV_FILE": str(env_file)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "1:30:00 1:30:00 250"
+
+
+def test_windows_per_content_type_survive_an_env_file_with_an_inline_comment(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("GENERATION_STUCK_AFTER=3h,video=8h,story=45m   # per content type\n"
+                        "GENERATION_FAIL_STALLED_AFTER=video=2d # the others: never\n")
+    result = manage("shell", "-c", "from generation.conf import job_settings; from generation.report import "
+                    "format_windows as f; j = job_settings(); print(f(j.stuck_after), '|', f(j.fail_stalled_after))",
+                    env={"ENV_FILE": str(env_file)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "3h, story 45m, video 8h | video 2d, other types never"
 
 
 def test_environment_wins_over_env_file(tmp_path):

@@ -11,7 +11,7 @@ from django.utils.html import format_html, format_html_join
 from .. import selectors, undo
 from ..db import ConnectionLost, database_now
 from ..models import CleanupRun, RecordKind, RecordRule, RepairRecord, Trigger
-from ..report import format_duration, undo_message
+from ..report import format_duration, format_windows, undo_message
 from ..rules import COUNTER_FIELDS, counters_text
 from .common import (
     COUNTER_LABELS,
@@ -39,12 +39,13 @@ class CleanupRunAdmin(ReadOnlyAdmin):
     fieldsets = (
         (None, {"fields": ("id", "kind", "trigger", "actor", "outcome_label", "error", "started_at", "finished_at", "duration",
                            "dry_run", "host", "pid")}),
-        ("Parameters", {"fields": ("stuck_after", "lock_ttl", "fail_stalled_after", "batch_size", "filters")}),
+        ("Parameters", {"fields": ("stuck_after_windows", "lock_ttl_windows", "fail_stalled_windows", "batch_size",
+                                   "filters")}),
         ("Counts", {"fields": ("examined", "repaired_all_accounted", "repaired_no_active_tasks",
                                "repaired_counter_overflow", "repaired_stalled_failed", "stalled", "corrupt",
                                "skipped_busy", "locks_expired", "locks_removed", "locks_released")}),
     )
-    readonly_fields = ("outcome_label", "duration")
+    readonly_fields = ("outcome_label", "duration", "stuck_after_windows", "lock_ttl_windows", "fail_stalled_windows")
 
     @admin.display(description="started", ordering="started_at")
     def started(self, obj):
@@ -62,6 +63,19 @@ class CleanupRunAdmin(ReadOnlyAdmin):
     def repaired_total(self, obj):
         return obj.repaired
 
+    # the windows the run used, each content type's own beside the default (3h, video 8h)
+    @admin.display(description="stuck after")
+    def stuck_after_windows(self, obj):
+        return _windows_label(obj.windows("stuck_after"))
+
+    @admin.display(description="lock TTL")
+    def lock_ttl_windows(self, obj):
+        return _windows_label(obj.windows("lock_ttl"))
+
+    @admin.display(description="fail stalled after")
+    def fail_stalled_windows(self, obj):
+        return _windows_label(obj.windows("fail_stalled_after"))
+
     @admin.display(description="duration")
     def duration(self, obj):
         if obj.finished_at is None or obj.started_at is None:
@@ -77,6 +91,10 @@ class CleanupRunAdmin(ReadOnlyAdmin):
             "records_url": reverse("admin:generation_repairrecord_changelist") + f"?run__id__exact={object_id}",
         }
         return super().change_view(request, object_id, form_url, extra_context)
+
+
+def _windows_label(windows) -> str:
+    return format_windows(windows) if windows is not None else "-"
 
 
 def _lock_id(record: RepairRecord) -> str:
@@ -214,7 +232,7 @@ class RepairRecordAdmin(AccountColumns, ReadOnlyAdmin):
         return confirmation_page(
             self, request, "admin/generation/undo_confirmation.html", title="Undo repairs", ids=ids,
             action="undo_selected", summary=text, undone=[row for row in rows if not row["outcome"].refused],
-            refused=[row for row in rows if row["outcome"].refused], lock_ttl=format_duration(job.lock_ttl))
+            refused=[row for row in rows if row["outcome"].refused])
 
 
 def _undo_row(outcome: undo.UndoOutcome, *, selected, now, lock_ttl) -> dict:
@@ -237,8 +255,9 @@ def _undo_row(outcome: undo.UndoOutcome, *, selected, now, lock_ttl) -> dict:
         })
     else:
         held = max(now - datetime.fromisoformat(outcome.restored["locked_at"]), timedelta(0))
+        ttl = lock_ttl.for_type(outcome.content_type)  # the TTL of the lock's own content type
         row.update({"lock_id": outcome.restored["lock_id"], "held": format_duration(held),
-                    "expired_again": held > lock_ttl})
+                    "expired_again": held > ttl, "lock_ttl": format_duration(ttl)})
     return row
 
 

@@ -9,7 +9,7 @@ from django.utils.html import format_html
 
 from .. import rules, selectors, services
 from ..models import GenerationLock
-from ..report import format_duration, release_message
+from ..report import format_duration, format_windows, release_message
 from .common import (
     AccountColumns,
     ReadOnlyAdmin,
@@ -29,13 +29,13 @@ class ExpiredFilter(admin.SimpleListFilter):
     parameter_name = "expired"
 
     def lookups(self, request, model_admin):
-        ttl = format_duration(job_of(request).lock_ttl)
+        ttl = format_windows(job_of(request).lock_ttl)
         return [("yes", f"expired (held over {ttl})"), ("no", "not expired")]
 
     def queryset(self, request, queryset):
         if self.value() not in ("yes", "no"):
             return queryset
-        return selectors.filter_expired(queryset, cutoff=now_of(request) - job_of(request).lock_ttl,
+        return selectors.filter_expired(queryset, now=now_of(request), lock_ttl=job_of(request).lock_ttl,
                                         expired=self.value() == "yes")
 
 
@@ -56,7 +56,8 @@ class GenerationLockAdmin(AccountColumns, ReadOnlyAdmin):
         return request.user.has_perm("generation.release_generationlock")
 
     def get_queryset(self, request):
-        return selectors.locks_for_list(super().get_queryset(request), now=now_of(request))
+        return selectors.locks_for_list(super().get_queryset(request), now=now_of(request),
+                                        lock_ttl=job_of(request).lock_ttl)
 
     def get_search_results(self, request, queryset, search_term):
         if not search_term.strip():
@@ -83,7 +84,7 @@ class GenerationLockAdmin(AccountColumns, ReadOnlyAdmin):
 
     @admin.display(description="expired", boolean=True)
     def expired(self, obj):
-        return obj.locked_at < obj.checked_at - self._job.lock_ttl
+        return obj.is_expired  # by its content type's TTL (selectors.locks_for_list)
 
     @admin.display(description="batch")
     def batch(self, obj):
@@ -92,7 +93,8 @@ class GenerationLockAdmin(AccountColumns, ReadOnlyAdmin):
         url = reverse("admin:generation_generationstatus_change", args=[obj.batch_id])
         idle = obj.batch_idle
         moved = f"moved {format_duration(max(idle, timedelta(0)))} ago" if idle is not None else "never moved"
-        if rules.still_moving(obj.batch_status, idle, self._job.stuck_after):
+        # the batch holds the lock of its own account and content type: the lock's type is the batch's
+        if rules.still_moving(obj.batch_status, idle, self._job.stuck_after.for_type(obj.content_type)):
             # the batch still moves: releasing its lock lets a second batch start beside it
             return format_html('<a href="{}">#{}</a> {}, <span class="gen-flag-note">{}</span>', url, obj.batch_id,
                                obj.batch_status, moved)
@@ -116,14 +118,14 @@ class GenerationLockAdmin(AccountColumns, ReadOnlyAdmin):
                 self.message_user(request, "Rolled back: " + " | ".join(report.errors), messages.ERROR)
             return None
         preview = services.release_locks(job=job, ids=ids, actor=request.user, dry_run=True)
-        rows = [_lock_row(detail, job.stuck_after) for detail in preview.locks.details]
+        rows = [_lock_row(detail, job.stuck_after.for_type(detail.content_type)) for detail in preview.locks.details]
         return confirmation_page(
             self, request, "admin/generation/release_confirmation.html", title="Release generation locks", ids=ids,
             action="release_selected", rows=rows, progressing=sum(1 for row in rows if row["progressing"]))
 
 
 def _lock_row(detail, stuck_after: timedelta) -> dict:
-    """A lock on the confirmation page; flagged when its batch is in progress and moved within the stuck window:
+    """A lock on the confirmation page; flagged when its batch is in progress and moved within its type's stuck window:
     releasing it lets a second batch start for the same account and content type while this one still runs."""
     idle = None if detail.batch_idle_s is None else timedelta(seconds=detail.batch_idle_s)
     progressing = rules.still_moving(detail.batch_status, idle, stuck_after)

@@ -10,7 +10,7 @@ from django.utils.html import format_html
 
 from .. import health, rules, selectors, services
 from ..models import GenerationStatus, RecordKind
-from ..report import format_duration, repair_message
+from ..report import format_duration, format_windows, repair_message
 from ..rules import COUNTER_FIELDS
 from ..services import Mode
 from .common import (
@@ -32,7 +32,7 @@ class StuckFilter(admin.SimpleListFilter):
     parameter_name = "stuck"
 
     def lookups(self, request, model_admin):
-        window = format_duration(job_of(request).stuck_after)
+        window = format_windows(job_of(request).stuck_after)
         return [
             ("yes", f"stuck (idle over {window})"),
             *[(rule.value, f"stuck: {rule}") for rule in rules.STUCK_RULES],

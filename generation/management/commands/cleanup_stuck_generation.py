@@ -7,10 +7,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import InterfaceError, OperationalError
 
 from generation import monitoring, services
-from generation.conf import job_settings, parse_duration, parse_positive_int
+from generation.conf import job_settings, parse_fail_stalled_windows, parse_positive_int, parse_windows
 from generation.db import ConnectionLost, database_name
 from generation.models import ContentType, Outcome, Trigger
-from generation.report import format_duration, format_lock_line, format_status_line, format_summary
+from generation.report import format_lock_line, format_status_line, format_summary, format_windows
 
 PROGRESS_BAR_MIN_PAGES = 3
 
@@ -55,12 +55,16 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--stuck-after", type=_argument(parse_duration), metavar="DURATION",
-                            help="A queuing/processing batch idle this long is stuck (default GENERATION_STUCK_AFTER).")
-        parser.add_argument("--lock-ttl", type=_argument(parse_duration), metavar="DURATION",
-                            help="Delete locks held longer than this (default GENERATION_LOCK_TTL).")
-        parser.add_argument("--fail-stalled-after", type=_argument(parse_duration), metavar="DURATION",
-                            help="Fail stalled batches idle this long (default GENERATION_FAIL_STALLED_AFTER: never).")
+        # each window is a duration, or a default and each content type's own: 3h,video=8h (replacing the setting)
+        parser.add_argument("--stuck-after", type=_argument(parse_windows), metavar="WINDOW",
+                            help="A queuing/processing batch idle this long is stuck; per content type e.g. "
+                                 "3h,video=8h (default GENERATION_STUCK_AFTER).")
+        parser.add_argument("--lock-ttl", type=_argument(parse_windows), metavar="WINDOW",
+                            help="Delete locks held longer than this; per content type e.g. 3h,video=8h "
+                                 "(default GENERATION_LOCK_TTL).")
+        parser.add_argument("--fail-stalled-after", type=_argument(parse_fail_stalled_windows), metavar="WINDOW",
+                            help="Fail stalled batches idle this long; per content type e.g. 1d or video=2d "
+                                 "(default GENERATION_FAIL_STALLED_AFTER: never).")
         parser.add_argument("--batch-size", type=_argument(parse_positive_int), metavar="N",
                             help="Rows per transaction (default CLEANUP_BATCH_SIZE).")
         parser.add_argument("--dry-run", action="store_true", help="Report what would be done; write nothing.")
@@ -149,9 +153,9 @@ def _logs_to_stderr():
 
 def _start_line(job, scope, *, dry_run):
     parts = [
-        f"stuck after {format_duration(job.stuck_after)}",
-        f"lock TTL {format_duration(job.lock_ttl)}",
-        "fail stalled " + (f"after {format_duration(job.fail_stalled_after)}" if job.fail_stalled_after else "never"),
+        f"stuck after {format_windows(job.stuck_after)}",
+        f"lock TTL {format_windows(job.lock_ttl)}",
+        "fail stalled " + (f"after {format_windows(job.fail_stalled_after)}" if job.fail_stalled_after else "never"),
         f"batch size {job.batch_size}",
     ]
     if scope["accounts"]:
