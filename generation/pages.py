@@ -24,6 +24,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from django.db import DatabaseError
+from django.db.models import Value
+from django.db.models.lookups import Exact
 
 from . import expressions as ex
 from . import rules
@@ -64,19 +66,22 @@ class StatusPass:
 
 
 def status_pass(judgement: ex.Judgement, applies, *, reports: bool, selected: bool, clock) -> StatusPass:
+    once = ex.CompiledOnce
     rows = GenerationStatus.objects.order_by("id").annotate(
-        verdict=judgement.verdict(),
-        after_queued=judgement.after("total_queued"),
-        after_processing=judgement.after("total_processing"),
-        after_failed=judgement.after("total_failed"),
-        after_status=judgement.after("status"),
+        verdict=once(judgement.verdict()),
+        after_queued=once(judgement.after("total_queued")),
+        after_processing=once(judgement.after("total_processing")),
+        after_failed=once(judgement.after("total_failed")),
+        after_status=once(judgement.after("status")),
         idle=ex.idle(clock),
-        before=ex.status_snapshot(),
-        after=ex.status_snapshot_after(judgement, clock),
+        before=once(ex.status_snapshot()),
+        after=once(ex.status_snapshot_after(judgement, clock)),
     ).values_list(*STATUS_ROW)
     updates = {
-        rule: (GenerationStatus.objects.filter(judgement.of(rule)),
-               {**ex.WRITES[rule], "updated_at": clock, **({"completed_at": clock} if rule in rules.FINISHING else {})})
+        rule: (GenerationStatus.objects.filter(Exact(once(judgement.verdict()), Value(str(rule)))),
+               {name: once(value) for name, value in {
+                   **ex.WRITES[rule], "updated_at": clock,
+                   **({"completed_at": clock} if rule in rules.FINISHING else {})}.items()})
         for rule in applies
     }
     return StatusPass(judgement, frozenset(applies), reports, selected, rows, updates)
