@@ -264,28 +264,32 @@ def _release_and_record(repaired, finished_locks: dict, run, actor) -> dict:
 
 
 def _log_status_page(page: Page, dry_run: bool):
-    """One event line per batch (repair, stalled, corrupt, left_alone), written as one log record per level."""
-    if not logger.isEnabledFor(logging.ERROR):
-        return
-    info, errors, verbose = [], [], logger.isEnabledFor(logging.INFO)
-    for row in page.rows:
-        verdict = row[VERDICT]
-        if not verbose and verdict != Rule.CORRUPT:
-            continue
-        fields = {"dry_run": dry_run, "id": row[ID], "account_id": row[ACCOUNT], "content_type": row[TYPE],
-                  "rule": verdict, "status": row[STATUS], "idle_s": seconds(row[IDLE]), "counters": _counters(row)}
-        if row[ID] in page.left_alone:
-            info.append(("left_alone", fields))
-        elif verdict in rules.REPAIRS:
-            fields["status_after"] = row[AFTER_STATUS]
-            fields["counters_after"] = f"{row[T]}/{row[AFTER_Q]}/{row[AFTER_P]}/{row[C]}/{row[AFTER_F]}"
-            info.append(("repair", fields))
-        elif verdict == Rule.CORRUPT:
-            errors.append(("corrupt", fields))
-        else:
-            info.append(("stalled", fields))
-    log_events(logger, logging.INFO, info)
-    log_events(logger, logging.ERROR, errors)
+    """One event line per batch (repair, stalled, corrupt, left_alone), as one record per level. The lines are
+    built on the event writer's thread, while this one waits for the database (logging.log_events)."""
+    rows, left_alone = list(page.rows), frozenset(page.left_alone)
+
+    def events(wanted):
+        made = []
+        for row in rows:
+            verdict = row[VERDICT]
+            if row[ID] in left_alone:
+                event = "left_alone"
+            elif verdict in rules.REPAIRS:
+                event = "repair"
+            else:
+                event = "corrupt" if verdict == Rule.CORRUPT else "stalled"
+            if (event == "corrupt") != wanted:
+                continue
+            fields = {"dry_run": dry_run, "id": row[ID], "account_id": row[ACCOUNT], "content_type": row[TYPE],
+                      "rule": verdict, "status": row[STATUS], "idle_s": seconds(row[IDLE]), "counters": _counters(row)}
+            if event == "repair":
+                fields["status_after"] = row[AFTER_STATUS]
+                fields["counters_after"] = f"{row[T]}/{row[AFTER_Q]}/{row[AFTER_P]}/{row[C]}/{row[AFTER_F]}"
+            made.append((event, fields))
+        return made
+
+    log_events(logger, logging.INFO, lambda: events(False))
+    log_events(logger, logging.ERROR, lambda: events(True))
 
 
 # --- A page of locks ---------------------------------------------------------------------------------
@@ -311,6 +315,6 @@ def lock_page(ids, lock_pass: LockPass, *, dry_run: bool, run, actor, released=f
                              actor_id) for row in page.lock_rows])
         page.applied = True
     event = "lock_expired" if lock_pass.rule == RecordRule.EXPIRED_LOCK else "lock_released"
-    log_events(logger, logging.INFO, [(event, {"dry_run": dry_run, **detail.as_dict()})
-                                      for detail in page.lock_details()])
+    details = page.lock_details()
+    log_events(logger, logging.INFO, lambda: [(event, {"dry_run": dry_run, **detail.as_dict()}) for detail in details])
     return page

@@ -38,6 +38,7 @@ from . import expressions as ex
 from . import rules
 from .conf import JobSettings
 from .db import ConnectionLost, bounded_transaction, database_now, keyset_pages, one_line, single_run
+from .logging import drain, log_event
 from .models import GenerationLock, GenerationStatus, RecordRule, Trigger
 from .pages import Page, lock_page, lock_pass, status_page, status_pass
 from .results import CleanupReport
@@ -83,7 +84,7 @@ def _pages(report, totals, what, job: JobSettings, candidates):
 def _failed(report, totals, message, what, exc):
     totals.failed_batches += 1
     report.error(message)
-    logger.warning("page_failed", extra={"fields": {"what": what, "error": one_line(exc)}})
+    log_event(logger, logging.WARNING, "page_failed", {"what": what, "error": one_line(exc)})
 
 
 def _run_page(report, totals, what, job: JobSettings, work) -> Page | None:
@@ -118,7 +119,7 @@ def _report_anomalies(report: CleanupReport, *, accounts=None, content_types=Non
         if count > len(named):
             report.error(f"{count - len(named)} more batches like these ({kind}); not changed")
         if count:
-            logger.error(kind, extra={"fields": {"count": count, "ids": [batch_id for batch_id, _ in named]}})
+            log_event(logger, logging.ERROR, kind, {"count": count, "ids": [batch_id for batch_id, _ in named]})
 
 
 def _scoped(queryset, accounts, content_types):
@@ -165,20 +166,21 @@ def cleanup(*, job: JobSettings, dry_run: bool = False, accounts: list[int] | No
             run = start_run(**run_fields)
             report.run_id = run.pk
             finish_run(run, report)
-            logger.info("run_skipped", extra={"fields": {"run_id": run.pk, "reason": report.skipped_reason}})
+            log_event(logger, logging.INFO, "run_skipped", {"run_id": run.pk, "reason": report.skipped_reason})
             return report
         run = None if dry_run else start_run(**run_fields)
         report.run_id = run.pk if run else None
-        logger.info("run_started", extra={"fields": {
+        log_event(logger, logging.INFO, "run_started", {
             "run_id": report.run_id, "trigger": trigger, "dry_run": dry_run, **report.cutoff_fields(),
-            "batch_size": job.batch_size, **filters}})
+            "batch_size": job.batch_size, **filters})
         with recorded(report, run):
             released = set()
             if only in (None, "statuses"):
                 released = _status_pass(report, job, run, actor, accounts, content_types, on_page)
             if only in (None, "locks"):
                 _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page, released)
-    logger.info("run_finished", extra={"fields": report.summary_fields()})
+    log_event(logger, logging.INFO, "run_finished", report.summary_fields())
+    drain()
     return report
 
 
