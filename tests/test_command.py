@@ -47,7 +47,10 @@ def test_human_output_at_each_verbosity():
             "idle 3h1m: no_active_tasks -> partial 10/0/0/6/4") in lines
     assert any(line.startswith("  would remove lock #") and "no batch refers to it" in line for line in lines)
     assert any(f"batch #{stalled.pk} processing, last moved 20m ago" in line for line in lines)
-    assert not any(f"batch #{batch.pk} " in line for line in lines if "lock #" in line)
+    # its lock goes with it (listed once, as released with its batch, never also as an expired lock removed)
+    [released] = [line for line in lines if f"batch #{batch.pk} " in line and "lock #" in line]
+    assert released.startswith("  would release lock #") and released.endswith(
+        f"; batch #{batch.pk} would be repaired by this run (no_active_tasks)")
     assert lines[-1].startswith("DRY RUN: 1 stuck batches examined, would repair 1 (all_accounted 0, "
                                 "no_active_tasks 1, counter_overflow 0, stalled_failed 0)")
 
