@@ -98,7 +98,8 @@ class _AboveProgressBars(logging.StreamHandler):
 
 
 def _is_console(handler) -> bool:
-    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+    # exactly settings.LOGGING's console handler class: not a FileHandler, nor a test runner's capture
+    return type(handler) is logging.StreamHandler
 
 
 @contextmanager

@@ -239,6 +239,7 @@ def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor) -> P
         _write(to_write, status_pass)
         page.released_rows = _release_and_record(rows, to_write, finished_locks, status_pass, run, actor)
         page.applied = True
+    page.released_rows.sort(key=lambda row: row[6])  # in the order of their batches' lines
     page.released = {row[1]: row[6] for row in page.released_rows}
     page.repaired_with_locks = {row[ID]: row[VERDICT] for row in rows if row[VERDICT] in status_pass.applies
                                 and row[LOCK_ID] and row[LOCK_ID] not in page.released}

@@ -194,7 +194,7 @@ def test_database_unreachable_at_start_one_line_and_no_password(tmp_path, entry)
     else:
         assert result.returncode == 1
         [line] = result.stderr.strip().splitlines()
-        assert line.startswith("CommandError: cannot reach the database x on 127.0.0.1:1: ")
+        assert line.startswith("cannot reach the database x on 127.0.0.1:1: ")
 
 
 @pytest.mark.postgres

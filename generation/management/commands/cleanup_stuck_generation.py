@@ -167,9 +167,9 @@ class PagePrinter:
         if self.verbosity >= 1:
             line = format_status_line if kind == "statuses" else format_lock_line
             lines += [line(detail) for detail in details]
-        self.write(lines)
         if self.progress is not None and kind == "statuses":
             self.progress.update(len(details))
+        self.write(lines)  # the bar, drawn again below the page's lines, counts the page
 
     def write(self, lines):
         if not lines:
