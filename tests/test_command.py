@@ -103,7 +103,7 @@ def test_errors_are_listed_before_the_totals_line_which_comes_last():
     out, err, code = run()
     lines = out.splitlines()
     assert code == 1
-    assert [line[:len("ERROR: batch #1 ")] for line in lines[-3:-1]] == [f"ERROR: batch #{b.pk} " for b in corrupt]
+    assert [line.split(" has ")[0] for line in lines[-3:-1]] == [f"ERROR: batch #{b.pk}" for b in corrupt]
     assert lines[-1].startswith("3 stuck batches examined, repaired 1 ") and lines[-1].endswith(
         f"outcome errors, run #{CleanupRun.objects.get().pk}")
     # not at a terminal (call_command, cron, Kubernetes) the error names the first one
