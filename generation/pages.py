@@ -129,8 +129,9 @@ class Page:
     left_alone: set = field(default_factory=set)  # ids of the selected batches the pass did not judge
     released: dict = field(default_factory=dict)  # lock_id -> the batch it went with (dry run: would go)
     released_rows: list = field(default_factory=list)  # each: RELEASED_LOCK's values, the batch's id and rule
-    # id -> rule of the batches repaired here that keep a lock id (the lock pass may meet their lock)
-    repaired_with_locks: dict = field(default_factory=dict)
+    # id -> rule of the batches repaired here but left in progress with a lock id (counter_overflow): the lock
+    # pass may meet their lock, and its line says the run repaired them
+    repaired_unfinished: dict = field(default_factory=dict)
     lock_rows: list = field(default_factory=list)
     lock_rule: str = RecordRule.EXPIRED_LOCK
     batches_repaired: dict = field(default_factory=dict)  # a lock page's: what this run's status pass repaired
@@ -241,8 +242,8 @@ def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor) -> P
         page.applied = True
     page.released_rows.sort(key=lambda row: row[6])  # in the order of their batches' lines
     page.released = {row[1]: row[6] for row in page.released_rows}
-    page.repaired_with_locks = {row[ID]: row[VERDICT] for row in rows if row[VERDICT] in status_pass.applies
-                                and row[LOCK_ID] and row[LOCK_ID] not in page.released}
+    page.repaired_unfinished = {row[ID]: row[VERDICT] for row in rows if row[LOCK_ID]
+                                and row[VERDICT] in status_pass.applies and row[VERDICT] not in rules.FINISHING}
     totals.locks_released = len(page.released)
     _log_status_page(page, dry_run)
     return page

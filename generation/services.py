@@ -185,8 +185,8 @@ def cleanup(*, job: JobSettings, dry_run: bool = False, accounts: list[int] | No
 
 def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> tuple[set, dict]:
     """Repair the stuck batches; returns the lock ids released with them (a dry run's: would be), and
-    id -> rule of the repaired batches that keep a lock id, for the lock pass's lines (ids, not rows: a
-    backlog's worth stays small)."""
+    id -> rule of the batches repaired but left in progress with their lock, for the lock pass's lines (ids,
+    not rows: a backlog's worth stays small)."""
     try:
         with bounded_transaction(job.lock_timeout, job.statement_timeout):
             _report_anomalies(report, accounts=accounts, content_types=content_types)
@@ -204,7 +204,7 @@ def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> t
             status_page(ids, judged, dry_run=report.dry_run, run=run, actor=actor)))
         if page:
             released.update(page.released)
-            repaired.update(page.repaired_with_locks)
+            repaired.update(page.repaired_unfinished)
         if on_page:
             on_page("statuses", page.status_details() if page else [])
             if page and page.released_rows:
