@@ -204,10 +204,11 @@ def test_exit_0_and_skipped_when_another_run_holds_the_lock():
     assert report["statuses"]["examined"] == 0
 
 
-def test_unreachable_database_at_a_terminal_is_still_one_line():
+def test_unreachable_database_at_a_terminal_is_still_one_line(tmp_path):
     """At a terminal the progress bar counts the backlog first: that query must fail just as cleanly."""
     terminal = Terminal("cleanup_stuck_generation",
-                        env={"DATABASE_URL": "postgres://butter:pw-never-shown@127.0.0.1:1/butter"})
+                        env={"DATABASE_URL": "postgres://butter:pw-never-shown@127.0.0.1:1/butter",
+                             "CLEANUP_LOG_FILE": str(tmp_path / "cleanup.log")})
     assert terminal.returncode == 1
     text = "\n".join(terminal.rows())
     assert "Traceback" not in text and "CommandError" not in text
