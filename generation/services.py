@@ -149,9 +149,10 @@ def cleanup(*, job: JobSettings, dry_run: bool = False, accounts: list[int] | No
             actor=None, on_page=None) -> CleanupReport:
     """Repair stuck batches and delete expired locks: the scheduled job.
 
-    `only` is None, "statuses" or "locks". `on_page(kind, details)` is called after each page (kind
-    "statuses" or "locks", the page's details) for progress output. Raises ConnectionLost if the database
-    connection is lost; the pages committed before that stay committed and recorded.
+    `only` is None, "statuses" or "locks". `on_page(kind, details)` is called after each page for progress
+    output: kind "statuses" or "locks" with the page's details, and after a page of batches that released
+    locks with them, "released" with those locks' details. Raises ConnectionLost if the database connection
+    is lost; the pages committed before that stay committed and recorded.
     """
     report = CleanupReport(trigger=trigger, dry_run=dry_run, now=database_now(), stuck_after=job.stuck_after,
                            lock_ttl=job.lock_ttl, fail_stalled_after=job.fail_stalled_after,
@@ -174,19 +175,21 @@ def cleanup(*, job: JobSettings, dry_run: bool = False, accounts: list[int] | No
             "run_id": report.run_id, "trigger": trigger, "dry_run": dry_run, **report.cutoff_fields(),
             "batch_size": job.batch_size, **filters})
         with recorded(report, run):
-            released = set()
+            released, repaired = set(), {}
             if only in (None, "statuses"):
-                released = _status_pass(report, job, run, actor, accounts, content_types, on_page)
+                released, repaired = _status_pass(report, job, run, actor, accounts, content_types, on_page)
             if only in (None, "locks"):
-                _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page, released)
+                _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page, released, repaired)
     log_event(logger, logging.INFO, "run_finished", report.summary_fields())
     drain()
     return report
 
 
-def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> set:
-    """Repair the stuck batches. A dry run returns the lock ids it would release with them, so that its lock
-    pass does not count them again (a real run has deleted them); a real run keeps none (memory stays flat)."""
+def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> tuple[set, dict]:
+    """Repair the stuck batches. Returns, for the lock pass: in a dry run, the lock ids it would release with
+    the batches, so that the lock pass does not count them again (a real run has deleted them; it keeps none);
+    and id -> rule of the batches repaired but left in progress with their lock, for the lock pass's lines
+    (ids, not rows: a backlog's worth stays small)."""
     try:
         with bounded_transaction(job.lock_timeout, job.statement_timeout):
             _report_anomalies(report, accounts=accounts, content_types=content_types)
@@ -198,24 +201,28 @@ def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> s
     judged = status_pass(ex.Judgement(cutoffs=report.cutoffs, fail_stalled=report.fail_cutoffs), rules.REPAIRS,
                          reports=True, selected=False, clock=ex.pass_clock(connection))
     candidates = stuck_candidates(cutoffs=report.cutoffs, accounts=accounts, content_types=content_types)
-    released = set()
+    released, repaired = set(), {}
     for ids in _pages(report, report.statuses, "status pages", job, candidates):
         page = _run_page(report, report.statuses, f"status page #{ids[0]}..#{ids[-1]}", job, lambda ids=ids: (
             status_page(ids, judged, dry_run=report.dry_run, run=run, actor=actor)))
-        if page and report.dry_run:
-            released.update(page.released)
+        if page:
+            repaired.update(page.repaired_unfinished)
+            if report.dry_run:
+                released.update(page.released)
         if on_page:
             on_page("statuses", page.status_details() if page else [])
-    return released
+            if page and page.released_rows:
+                on_page("released", page.released_details())
+    return released, repaired
 
 
-def _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page, released):
+def _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page, released, repaired):
     candidates = expired_lock_candidates(cutoffs=report.lock_cutoffs, accounts=accounts, content_types=content_types)
     judged = lock_pass(cutoffs=report.lock_cutoffs, rule=RecordRule.EXPIRED_LOCK, clock=ex.pass_clock(connection))
     for ids in _pages(report, report.locks, "lock pages", job, candidates):
         page = _run_page(report, report.locks, f"lock page #{ids[0]}..#{ids[-1]}", job, lambda ids=ids: (
             lock_page(ids, judged, dry_run=report.dry_run, run=run, actor=actor,
-                      released=released)))
+                      released=released, repaired=repaired)))
         if on_page:
             on_page("locks", page.lock_details() if page else [])
 
