@@ -24,13 +24,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from django.db import DatabaseError
+from django.db.models import Value
+from django.db.models.lookups import Exact
 
 from . import expressions as ex
 from . import rules
 from .logging import log_events
 from .models import GenerationLock, GenerationStatus, RecordKind, RecordRule
 from .results import CleanupReport, LockDetail, LockTotals, StatusDetail, StatusTotals, keep
-from .rules import COUNTER_FIELDS, Rule
+from .rules import COUNTER_FIELDS, FINISHING, Rule
 from .runlog import Record, save_records
 
 logger = logging.getLogger("generation.services")
@@ -67,19 +69,22 @@ class StatusPass:
 
 
 def status_pass(judgement: ex.Judgement, applies, *, reports: bool, selected: bool, clock) -> StatusPass:
+    once = ex.CompiledOnce
     rows = GenerationStatus.objects.order_by("id").annotate(
-        verdict=judgement.verdict(),
-        after_queued=judgement.after("total_queued"),
-        after_processing=judgement.after("total_processing"),
-        after_failed=judgement.after("total_failed"),
-        after_status=judgement.after("status"),
+        verdict=once(judgement.verdict()),
+        after_queued=once(judgement.after("total_queued")),
+        after_processing=once(judgement.after("total_processing")),
+        after_failed=once(judgement.after("total_failed")),
+        after_status=once(judgement.after("status")),
         idle=ex.idle(clock),
-        before=ex.status_snapshot(),
-        after=ex.status_snapshot_after(judgement, clock),
+        before=once(ex.status_snapshot()),
+        after=once(ex.status_snapshot_after(judgement, clock)),
     ).values_list(*STATUS_ROW)
     updates = {
-        rule: (GenerationStatus.objects.filter(judgement.of(rule)),
-               {**ex.WRITES[rule], "updated_at": clock, **({"completed_at": clock} if rule in rules.FINISHING else {})})
+        rule: (GenerationStatus.objects.filter(Exact(once(judgement.verdict()), Value(str(rule)))),
+               {name: once(value) for name, value in {
+                   **ex.WRITES[rule], "updated_at": clock,
+                   **({"completed_at": clock} if rule in rules.FINISHING else {})}.items()})
         for rule in applies
     }
     return StatusPass(judgement, frozenset(applies), reports, selected, rows, updates, clock)
@@ -208,13 +213,15 @@ def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor) -> P
     rows = list(rows if dry_run else rows.select_for_update(skip_locked=True, of=("self",)))
     totals.skipped_busy = len(ids) - len(rows)
     to_write = defaultdict(list)  # rule -> ids
+    repaired = []  # the rows the page writes
     finished_locks = {}  # lock_id -> (id, rule) of the batch this page finishes
     for row in rows:
         verdict = row[VERDICT]
         if verdict in status_pass.applies:
             to_write[verdict].append(row[ID])
-            totals.by_rule[Rule(verdict)] += 1
-            if verdict in rules.FINISHING and row[LOCK_ID]:
+            repaired.append(row)
+            totals.by_rule[verdict] += 1  # a Rule is its str: the Counter finds it under either
+            if verdict in FINISHING and row[LOCK_ID]:
                 finished_locks[row[LOCK_ID]] = (row[ID], verdict)
         elif verdict == Rule.CORRUPT and status_pass.reports:
             totals.corrupt += 1
@@ -238,12 +245,12 @@ def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor) -> P
                 finished_locks, status_pass).values_list(*RELEASED_LOCK)]
     elif to_write:
         _write(to_write, status_pass)
-        page.released_rows = _release_and_record(rows, to_write, finished_locks, status_pass, run, actor)
+        page.released_rows = _release_and_record(repaired, finished_locks, status_pass, run, actor)
         page.applied = True
     page.released_rows.sort(key=lambda row: row[6])  # in the order of their batches' lines
     page.released = {row[1]: row[6] for row in page.released_rows}
-    page.repaired_unfinished = {row[ID]: row[VERDICT] for row in rows if row[LOCK_ID]
-                                and row[VERDICT] in status_pass.applies and row[VERDICT] not in rules.FINISHING}
+    page.repaired_unfinished = {row[ID]: row[VERDICT] for row in repaired
+                                if row[LOCK_ID] and row[VERDICT] not in FINISHING}
     totals.locks_released = len(page.released)
     _log_status_page(page, dry_run)
     return page
@@ -263,13 +270,12 @@ def _finished_batches_locks(finished_locks: dict, status_pass: StatusPass):
         held=ex.held(status_pass.clock))
 
 
-def _release_and_record(rows, to_write: dict, finished_locks: dict, status_pass: StatusPass, run, actor) -> list:
+def _release_and_record(repaired, finished_locks: dict, status_pass: StatusPass, run, actor) -> list:
     """Delete the finished batches' locks and record every change of the page (one COPY); returns the released
     locks (RELEASED_LOCK's values, then their batch's id and rule)."""
-    actor_id = actor.pk if actor else None
-    written = {batch_id for ids in to_write.values() for batch_id in ids}
-    records = [Record(run.pk, RecordKind.STATUS.value, row[ID], row[ACCOUNT], row[TYPE], row[VERDICT], row[BEFORE],
-                      row[AFTER], actor_id) for row in rows if row[ID] in written]
+    run_id, kind, actor_id = run.pk, RecordKind.STATUS.value, actor.pk if actor else None
+    records = [Record(run_id, kind, row[ID], row[ACCOUNT], row[TYPE], row[VERDICT], row[BEFORE], row[AFTER], actor_id)
+               for row in repaired]
     released, events = [], []
     if finished_locks:
         # not SKIP LOCKED: the lock must go with its batch; a lock held by another transaction waits up to
@@ -291,24 +297,32 @@ def _release_and_record(rows, to_write: dict, finished_locks: dict, status_pass:
 
 
 def _log_status_page(page: Page, dry_run: bool):
-    """One event line per batch (repair, stalled, corrupt, left_alone), written as one log record per level."""
-    info, errors = [], []
-    for row in page.rows:
-        verdict = row[VERDICT]
-        fields = {"dry_run": dry_run, "id": row[ID], "account_id": row[ACCOUNT], "content_type": row[TYPE],
-                  "rule": verdict, "status": row[STATUS], "idle_s": seconds(row[IDLE]), "counters": _counters(row)}
-        if row[ID] in page.left_alone:
-            info.append(("left_alone", fields))
-        elif verdict in rules.REPAIRS:
-            fields["status_after"] = row[AFTER_STATUS]
-            fields["counters_after"] = f"{row[T]}/{row[AFTER_Q]}/{row[AFTER_P]}/{row[C]}/{row[AFTER_F]}"
-            info.append(("repair", fields))
-        elif verdict == Rule.CORRUPT:
-            errors.append(("corrupt", fields))
-        else:
-            info.append(("stalled", fields))
-    log_events(logger, logging.INFO, info)
-    log_events(logger, logging.ERROR, errors)
+    """One event line per batch (repair, stalled, corrupt, left_alone), as one record per level. The lines are
+    built on the event writer's thread, while this one waits for the database (logging.log_events)."""
+    rows, left_alone = list(page.rows), frozenset(page.left_alone)
+
+    def events(wanted):
+        made = []
+        for row in rows:
+            verdict = row[VERDICT]
+            if row[ID] in left_alone:
+                event = "left_alone"
+            elif verdict in rules.REPAIRS:
+                event = "repair"
+            else:
+                event = "corrupt" if verdict == Rule.CORRUPT else "stalled"
+            if (event == "corrupt") != wanted:
+                continue
+            fields = {"dry_run": dry_run, "id": row[ID], "account_id": row[ACCOUNT], "content_type": row[TYPE],
+                      "rule": verdict, "status": row[STATUS], "idle_s": seconds(row[IDLE]), "counters": _counters(row)}
+            if event == "repair":
+                fields["status_after"] = row[AFTER_STATUS]
+                fields["counters_after"] = f"{row[T]}/{row[AFTER_Q]}/{row[AFTER_P]}/{row[C]}/{row[AFTER_F]}"
+            made.append((event, fields))
+        return made
+
+    log_events(logger, logging.INFO, lambda: events(False))
+    log_events(logger, logging.ERROR, lambda: events(True))
 
 
 # --- A page of locks ---------------------------------------------------------------------------------
@@ -334,6 +348,6 @@ def lock_page(ids, lock_pass: LockPass, *, dry_run: bool, run, actor, released=f
                              actor_id) for row in page.lock_rows])
         page.applied = True
     event = "lock_expired" if lock_pass.rule == RecordRule.EXPIRED_LOCK else "lock_released"
-    log_events(logger, logging.INFO, [(event, {"dry_run": dry_run, **detail.as_dict()})
-                                      for detail in page.lock_details()])
+    details = page.lock_details()
+    log_events(logger, logging.INFO, lambda: [(event, {"dry_run": dry_run, **detail.as_dict()}) for detail in details])
     return page

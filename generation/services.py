@@ -38,6 +38,7 @@ from . import expressions as ex
 from . import rules
 from .conf import JobSettings
 from .db import ConnectionLost, bounded_transaction, database_now, keyset_pages, one_line, single_run
+from .logging import drain, log_event
 from .models import GenerationLock, GenerationStatus, RecordRule, Trigger
 from .pages import Page, lock_page, lock_pass, status_page, status_pass
 from .results import CleanupReport
@@ -83,14 +84,14 @@ def _pages(report, totals, what, job: JobSettings, candidates):
 def _failed(report, totals, message, what, exc):
     totals.failed_batches += 1
     report.error(message)
-    logger.warning("page_failed", extra={"fields": {"what": what, "error": one_line(exc)}})
+    log_event(logger, logging.WARNING, "page_failed", {"what": what, "error": one_line(exc)})
 
 
 def _run_page(report, totals, what, job: JobSettings, work) -> Page | None:
     """One page = one transaction. A page that fails is rolled back, reported and left for the next run;
     the run goes on, unless the connection itself is gone (ConnectionLost)."""
     try:
-        with bounded_transaction(job.lock_timeout, job.statement_timeout):
+        with bounded_transaction(job.lock_timeout, job.statement_timeout, flush=False):
             page = work()
     except ConnectionLost:
         raise
@@ -118,7 +119,7 @@ def _report_anomalies(report: CleanupReport, *, accounts=None, content_types=Non
         if count > len(named):
             report.error(f"{count - len(named)} more batches like these ({kind}); not changed")
         if count:
-            logger.error(kind, extra={"fields": {"count": count, "ids": [batch_id for batch_id, _ in named]}})
+            log_event(logger, logging.ERROR, kind, {"count": count, "ids": [batch_id for batch_id, _ in named]})
 
 
 def _scoped(queryset, accounts, content_types):
@@ -166,27 +167,29 @@ def cleanup(*, job: JobSettings, dry_run: bool = False, accounts: list[int] | No
             run = start_run(**run_fields)
             report.run_id = run.pk
             finish_run(run, report)
-            logger.info("run_skipped", extra={"fields": {"run_id": run.pk, "reason": report.skipped_reason}})
+            log_event(logger, logging.INFO, "run_skipped", {"run_id": run.pk, "reason": report.skipped_reason})
             return report
         run = None if dry_run else start_run(**run_fields)
         report.run_id = run.pk if run else None
-        logger.info("run_started", extra={"fields": {
+        log_event(logger, logging.INFO, "run_started", {
             "run_id": report.run_id, "trigger": trigger, "dry_run": dry_run, **report.cutoff_fields(),
-            "batch_size": job.batch_size, **filters}})
+            "batch_size": job.batch_size, **filters})
         with recorded(report, run):
             released, repaired = set(), {}
             if only in (None, "statuses"):
                 released, repaired = _status_pass(report, job, run, actor, accounts, content_types, on_page)
             if only in (None, "locks"):
                 _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page, released, repaired)
-    logger.info("run_finished", extra={"fields": report.summary_fields()})
+    log_event(logger, logging.INFO, "run_finished", report.summary_fields())
+    drain()
     return report
 
 
 def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> tuple[set, dict]:
-    """Repair the stuck batches; returns the lock ids released with them (a dry run's: would be), and
-    id -> rule of the batches repaired but left in progress with their lock, for the lock pass's lines (ids,
-    not rows: a backlog's worth stays small)."""
+    """Repair the stuck batches. Returns, for the lock pass: in a dry run, the lock ids it would release with
+    the batches, so that the lock pass does not count them again (a real run has deleted them; it keeps none);
+    and id -> rule of the batches repaired but left in progress with their lock, for the lock pass's lines
+    (ids, not rows: a backlog's worth stays small)."""
     try:
         with bounded_transaction(job.lock_timeout, job.statement_timeout):
             _report_anomalies(report, accounts=accounts, content_types=content_types)
@@ -203,8 +206,9 @@ def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> t
         page = _run_page(report, report.statuses, f"status page #{ids[0]}..#{ids[-1]}", job, lambda ids=ids: (
             status_page(ids, judged, dry_run=report.dry_run, run=run, actor=actor)))
         if page:
-            released.update(page.released)
             repaired.update(page.repaired_unfinished)
+            if report.dry_run:
+                released.update(page.released)
         if on_page:
             on_page("statuses", page.status_details() if page else [])
             if page and page.released_rows:
@@ -218,7 +222,7 @@ def _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page
     for ids in _pages(report, report.locks, "lock pages", job, candidates):
         page = _run_page(report, report.locks, f"lock page #{ids[0]}..#{ids[-1]}", job, lambda ids=ids: (
             lock_page(ids, judged, dry_run=report.dry_run, run=run, actor=actor,
-                      released=released if report.dry_run else frozenset(), repaired=repaired)))
+                      released=released, repaired=repaired)))
         if on_page:
             on_page("locks", page.lock_details() if page else [])
 
