@@ -43,10 +43,10 @@ STATUS_ROW = ("id", "account_id", "content_type", "lock_id", "status", *COUNTER_
 (ID, ACCOUNT, TYPE, LOCK_ID, STATUS, T, Q, P, C, F,
  VERDICT, AFTER_Q, AFTER_P, AFTER_F, AFTER_STATUS, IDLE, BEFORE, AFTER) = range(len(STATUS_ROW))
 
-LOCK_ROW = ("id", "lock_id", "account_id", "content_type", "locked_at", "expired_now", "held", "batch_id",
+LOCK_ROW = ("id", "lock_id", "account_id", "content_type", "locked_iso", "expired_now", "held", "batch_id",
             "batch_status", "batch_idle", "snapshot")
 # A lock released with its batch, as the page selects it (the batch's id and rule are added from the page)
-RELEASED_LOCK = ("id", "lock_id", "account_id", "content_type", "locked_at", "held")
+RELEASED_LOCK = ("id", "lock_id", "account_id", "content_type", "locked_iso", "held")
 
 
 class PageChanged(DatabaseError):
@@ -100,7 +100,7 @@ class LockPass:
 def lock_pass(*, cutoffs, rule, clock) -> LockPass:
     rows = GenerationLock.objects.order_by("id").annotate(
         # re-checked on the locked row: a lock released and re-taken since the page was selected is not expired
-        expired_now=ex.still_expired(cutoffs), held=ex.held(clock),
+        expired_now=ex.still_expired(cutoffs), held=ex.held(clock), locked_iso=ex.iso_text("locked_at"),
         **ex.referring_batch_annotations(GenerationStatus, clock), snapshot=ex.lock_snapshot(),
     ).values_list(*LOCK_ROW)
     return LockPass(str(rule), None if cutoffs is None else ex.expired(cutoffs), rows)
@@ -267,7 +267,7 @@ def _write(to_write: dict, status_pass: StatusPass):
 
 def _finished_batches_locks(finished_locks: dict, status_pass: StatusPass):
     return GenerationLock.objects.filter(ex.any_of("lock_id", finished_locks)).annotate(
-        held=ex.held(status_pass.clock))
+        held=ex.held(status_pass.clock), locked_iso=ex.iso_text("locked_at"))
 
 
 def _release_and_record(repaired, finished_locks: dict, status_pass: StatusPass, run, actor) -> list:
@@ -276,23 +276,24 @@ def _release_and_record(repaired, finished_locks: dict, status_pass: StatusPass,
     run_id, kind, actor_id = run.pk, RecordKind.STATUS.value, actor.pk if actor else None
     records = [Record(run_id, kind, row[ID], row[ACCOUNT], row[TYPE], row[VERDICT], row[BEFORE], row[AFTER], actor_id)
                for row in repaired]
-    released, events = [], []
+    released = []
     if finished_locks:
         # not SKIP LOCKED: the lock must go with its batch; a lock held by another transaction waits up to
         # lock_timeout, after which the whole page is rolled back and left for the next run
         locks = list(_finished_batches_locks(finished_locks, status_pass).select_for_update()
                      .values_list(*RELEASED_LOCK, ex.lock_snapshot()))
         GenerationLock.objects.filter(ex.any_of("id", [lock[0] for lock in locks])).delete()
+        kind, rule = RecordKind.LOCK.value, RecordRule.RELEASED_WITH_BATCH.value
         for *lock, snapshot in locks:
             lock_pk, lock_id, account_id, content_type, _locked_at, _held = lock
-            batch_id, _rule = finished_locks[lock_id]
             released.append((*lock, *finished_locks[lock_id]))
-            records.append(Record(run.pk, RecordKind.LOCK.value, lock_pk, account_id, content_type,
-                                  RecordRule.RELEASED_WITH_BATCH.value, snapshot, None, actor_id))
-            events.append(("lock_released", {"lock_id": lock_id, "lock_pk": lock_pk, "batch_id": batch_id,
-                                              "account_id": account_id, "content_type": content_type}))
+            records.append(Record(run_id, kind, lock_pk, account_id, content_type, rule, snapshot, None, actor_id))
     save_records(records)
-    log_events(logger, logging.INFO, events)
+    logged = tuple(released)  # the caller sorts its list while the writer thread may be reading this
+    log_events(logger, logging.INFO, lambda: [
+        ("lock_released", {"lock_id": lock_id, "lock_pk": lock_pk, "batch_id": batch_id, "account_id": account_id,
+                           "content_type": content_type})
+        for lock_pk, lock_id, account_id, content_type, _locked_at, _held, batch_id, _rule in logged])
     return released
 
 
