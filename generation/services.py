@@ -40,7 +40,7 @@ from .conf import JobSettings
 from .db import ConnectionLost, bounded_transaction, database_now, keyset_pages, one_line, single_run
 from .logging import drain, log_event
 from .models import GenerationLock, GenerationStatus, RecordRule, Trigger
-from .pages import Page, lock_page, lock_pass, status_page, status_pass
+from .pages import Page, RepairedIds, lock_page, lock_pass, status_page, status_pass
 from .results import CleanupReport
 from .rules import Rule
 from .runlog import finish_run, recorded, start_run
@@ -175,7 +175,7 @@ def cleanup(*, job: JobSettings, dry_run: bool = False, accounts: list[int] | No
             "run_id": report.run_id, "trigger": trigger, "dry_run": dry_run, **report.cutoff_fields(),
             "batch_size": job.batch_size, **filters})
         with recorded(report, run):
-            released, repaired = set(), {}
+            released, repaired = set(), RepairedIds()
             if only in (None, "statuses"):
                 released, repaired = _status_pass(report, job, run, actor, accounts, content_types, on_page)
             if only in (None, "locks"):
@@ -201,7 +201,7 @@ def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> t
     judged = status_pass(ex.Judgement(cutoffs=report.cutoffs, fail_stalled=report.fail_cutoffs), rules.REPAIRS,
                          reports=True, selected=False, clock=ex.pass_clock(connection))
     candidates = stuck_candidates(cutoffs=report.cutoffs, accounts=accounts, content_types=content_types)
-    released, repaired = set(), {}
+    released, repaired = set(), RepairedIds()
     for ids in _pages(report, report.statuses, "status pages", job, candidates):
         page = _run_page(report, report.statuses, f"status page #{ids[0]}..#{ids[-1]}", job, lambda ids=ids: (
             status_page(ids, judged, dry_run=report.dry_run, run=run, actor=actor)))
@@ -213,6 +213,7 @@ def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> t
             on_page("statuses", page.status_details() if page else [])
             if page and page.released_rows:
                 on_page("released", page.released_details())
+        page = None  # not held while the next page is selected and fetched: memory is one page's
     return released, repaired
 
 
@@ -225,6 +226,7 @@ def _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page
                       released=released, repaired=repaired)))
         if on_page:
             on_page("locks", page.lock_details() if page else [])
+        page = None
 
 
 def repair_selected(*, job: JobSettings, ids, mode: Mode = Mode.SCHEDULED, actor=None, dry_run: bool = False,
