@@ -39,7 +39,10 @@ from benchmarks import dataset, reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-STUCK_AFTER = LOCK_TTL = timedelta(hours=3)  # the settings' defaults, which the command uses
+STUCK_AFTER = LOCK_TTL = timedelta(hours=3)
+# The figures of the engine before the rule book (docs/benchmarks.md at commit 0c5e26f: 1,000,000 rows,
+# 100,000 stuck, medians of 3): what "no worse than before" means for the quiet run and the peak RSS.
+BEFORE = {"quiet_s": 0.93, "rss_mb": 65}  # the settings' defaults, which the command uses
 BATCH_SIZE = 2000  # CLEANUP_BATCH_SIZE's default, for the EXPLAIN of a page
 SECRET_KEY = "benchmark-only-not-a-secret"  # noqa: S105 (the processes refuse to start without one)
 # Each process's stdout and event log (stderr), as cron would keep them; the last run of each kind stays.
@@ -441,13 +444,18 @@ def print_run_report(data, args):
     pages = -(-shape["backlog"] // BATCH_SIZE) + -(-shape["expired_locks"] // BATCH_SIZE)
     print("\n| target | measured | met |")
     print("| --- | ---: | :---: |")
-    print(f"| command <= 3x reference SQL (stretch 2x) | {ratio_12:.2f}x | {yes(ratio_12 <= 3)}"
-          f"{' (stretch too)' if ratio_12 <= 2 else ''} |")
+    print(f"| command <= 1.5x reference SQL (at least <= 2x) | {ratio_12:.2f}x | {yes(ratio_12 <= 1.5)}"
+          f"{'' if ratio_12 <= 1.5 else ' (<= 2x: ' + yes(ratio_12 <= 2) + ')'} |")
     if ratio_31 is not None:
         print(f"| per-row >= 10x the command | {ratio_31:.1f}x | {yes(ratio_31 >= 10)} |")
+    quiet_large = q["quiet_large"]["wall_s"]
+    print(f"| quiet {shape['rows']:,} rows no slower than before ({BEFORE['quiet_s']} s) | {quiet_large:.2f} s "
+          f"| {yes(quiet_large <= BEFORE['quiet_s'])} |")
     print(f"| quiet {shape['rows']:,} rows <= 1.5x quiet {args.quiet_rows:,} rows | {ratio_quiet:.2f}x "
           f"| {yes(ratio_quiet <= 1.5)} |")
-    print(f"| peak RSS with the backlog <= quiet run + 60 MB | +{rss_delta:.0f} MB | {yes(rss_delta <= 60)} |")
+    rss = s["command"]["rss_mb"]
+    print(f"| peak RSS with the backlog no worse than before ({BEFORE['rss_mb']} MB) | {rss:.0f} MB "
+          f"(quiet run +{rss_delta:.0f} MB) | {yes(rss <= BEFORE['rss_mb'])} |")
     print(f"| no transaction holds row locks for more than one batch | {watch['transactions']} writing "
           f"transactions seen for ~{pages} pages, longest {watch['longest_s'] * 1000:.0f} ms | "
           f"{yes(watch['transactions'] >= pages * 0.9)} |")

@@ -33,8 +33,8 @@ def main(argv=None):
 
     from generation import rules
     from generation.conf import parse_duration
+    from generation.db import database_now
     from generation.models import GenerationLock, GenerationStatus
-    from generation.services import database_now
 
     started = time.monotonic()
     now = database_now()
