@@ -1,5 +1,6 @@
 """The admin through Django's test client: lists, filters, actions, permissions, confirmations, history pages."""
 
+import html
 import itertools
 import re
 import uuid
@@ -41,6 +42,8 @@ ACCOUNTS = itertools.count(1000)
 STATUSES_URL = reverse("admin:generation_generationstatus_changelist")
 LOCKS_URL = reverse("admin:generation_generationlock_changelist")
 HEALTH_URL = reverse("admin:generation_health")
+RECORDS_URL = reverse("admin:generation_repairrecord_changelist")
+RUNS_URL = reverse("admin:generation_cleanuprun_changelist")
 
 
 @pytest.fixture(autouse=True)
@@ -112,7 +115,14 @@ def row_html(html, pk):
 
 
 def messages_of(response):
-    return [(m.level_tag, m.message) for m in response.context["messages"]]
+    """(level, text) of each message, without the links a result message ends with (results_links())."""
+    return [(m.level_tag, html.unescape(re.sub(r"\. <a href=.*$", "", str(m.message)))) for m in response.context["messages"]]
+
+
+def result_links(response) -> list[tuple[str, str]]:
+    """(href, text) of the links under the first message: its run and its repair records."""
+    message = str(next(iter(response.context["messages"])).message)
+    return [(html.unescape(href), text) for href, text in re.findall(r'<a href="([^"]+)">([^<]+)</a>', message)]
 
 
 def listed_ids(response):
@@ -246,14 +256,17 @@ def test_repair_stuck_repairs_the_stuck_rows_and_names_the_others(operator_clien
     n1 = batch(10, 0, 0, 6, 1)
     fresh = batch(10, 0, 0, 6, 1, idle=FRESH)
     response = act(operator_client, STATUSES_URL, "repair_stuck", [a1, a2, n1, fresh])
-    assert messages_of(response) == [
-        ("success", f"3 generations repaired: 2 all_accounted, 1 no_active_tasks; 1 healthy, left alone (#{fresh.pk})")]
+    assert messages_of(response) == [(
+        "success", f"3 generations repaired (#{a1.pk}, #{a2.pk}, #{n1.pk}): 2 all_accounted, 1 no_active_tasks; "
+                   f"1 healthy, left alone (#{fresh.pk})")]
+    run = CleanupRun.objects.get()
+    assert result_links(response) == [(reverse("admin:generation_cleanuprun_change", args=[run.pk]), f"Run #{run.pk}"),
+                                      (f"{RECORDS_URL}?run__id__exact={run.pk}", "its repair records")]
     assert counters(a1) == (10, 0, 0, 7, 3, "partial")
     assert counters(a2) == (10, 0, 0, 10, 0, "completed")
     assert counters(n1) == (10, 0, 0, 6, 4, "partial")
     assert counters(fresh) == (10, 0, 0, 6, 1, "processing")
 
-    run = CleanupRun.objects.get()
     assert (run.trigger, run.actor, run.outcome, run.repaired) == (Trigger.ADMIN, operator, "ok", 3)
     records = RepairRecord.objects.filter(run=run)
     assert {(r.target_id, r.rule, r.actor) for r in records} == {
@@ -270,7 +283,7 @@ def test_repair_stuck_repairs_the_stuck_rows_and_names_the_others(operator_clien
 def test_repair_messages_use_the_singular_and_report_locks_stalled_and_corrupt(operator_client):
     overflow = batch(10, 4, 1, 6, 1)
     response = act(operator_client, STATUSES_URL, "repair_stuck", [overflow])
-    assert messages_of(response) == [("success", "1 generation repaired: 1 counter_overflow")]
+    assert messages_of(response) == [("success", f"1 generation repaired (#{overflow.pk}): 1 counter_overflow")]
     assert counters(overflow) == (10, 3, 0, 6, 1, "processing")
 
     done = batch(4, 0, 0, 0, 0, lock=True)
@@ -278,7 +291,7 @@ def test_repair_messages_use_the_singular_and_report_locks_stalled_and_corrupt(o
     response = act(operator_client, STATUSES_URL, "repair_stuck", [done, stalled, corrupt, finished])
     assert messages_of(response) == [(
         "warning",
-        "1 generation repaired: 1 no_active_tasks; 1 lock released with its batch; "
+        f"1 generation repaired (#{done.pk}): 1 no_active_tasks; 1 lock released with its batch; "
         "1 stalled (work in flight, no progress), not changed; "
         f"1 corrupt (negative or NULL counters), not changed: fix by hand; 1 finished, left alone (#{finished.pk})")]
     assert not GenerationLock.objects.filter(lock_id=done.lock_id).exists()
@@ -314,8 +327,8 @@ def test_force_repair_confirms_first_with_before_and_after_then_applies(operator
     assert page.status_code == 200
     assert page.templates[0].name == "admin/generation/repair_confirmation.html"
     html = page.content.decode()
-    assert "2 generations to repair: 1 all_accounted, 1 counter_overflow; 1 lock to release with its batch; " \
-           f"1 finished, left alone (#{finished.pk})." in html
+    assert f"2 generations to repair (#{fresh.pk}, #{overflow.pk}): 1 all_accounted, 1 counter_overflow; 1 lock to " \
+           f"release with its batch; 1 finished, left alone (#{finished.pk})." in html
     fresh_row = re.search(rf'<tr data-batch="{fresh.pk}">.*?</tr>', html, re.S).group(0)
     assert "processing 10/0/2/7/3" in fresh_row
     assert '<mark class="gen-changed">partial</mark>' in fresh_row
@@ -330,8 +343,8 @@ def test_force_repair_confirms_first_with_before_and_after_then_applies(operator
     response = act(operator_client, STATUSES_URL, "force_repair", [fresh, overflow, finished], post="yes")
     assert messages_of(response) == [(
         "success",
-        "2 generations repaired: 1 all_accounted, 1 counter_overflow; 1 lock released with its batch; "
-        f"1 finished, left alone (#{finished.pk})")]
+        f"2 generations repaired (#{fresh.pk}, #{overflow.pk}): 1 all_accounted, 1 counter_overflow; 1 lock released "
+        f"with its batch; 1 finished, left alone (#{finished.pk})")]
     assert counters(fresh) == (10, 0, 0, 7, 3, "partial")
     assert counters(overflow) == (10, 2, 2, 6, 0, "processing")
     assert not GenerationLock.objects.filter(lock_id=fresh.lock_id).exists()
@@ -350,14 +363,16 @@ def test_fail_stalled_confirms_first_then_fails_only_the_stalled(operator_client
                                                ACTION_CHECKBOX_NAME: [stalled.pk, overflow.pk]})
     assert page.templates[0].name == "admin/generation/repair_confirmation.html"
     html = page.content.decode()
-    assert f"1 generation to repair: 1 stalled_failed; 1 counter_overflow, left alone (#{overflow.pk})." in html
+    assert f"1 generation to repair (#{stalled.pk}): 1 stalled_failed; 1 counter_overflow, left alone " \
+           f"(#{overflow.pk})." in html
     assert "processing 10/1/1/3/2" in html
     assert counters(stalled) == (10, 1, 1, 3, 2, "processing")
     assert RepairRecord.objects.count() == 0
 
     response = act(operator_client, STATUSES_URL, "fail_stalled", [stalled, overflow], post="yes")
     assert messages_of(response) == [
-        ("success", f"1 generation repaired: 1 stalled_failed; 1 counter_overflow, left alone (#{overflow.pk})")]
+        ("success", f"1 generation repaired (#{stalled.pk}): 1 stalled_failed; 1 counter_overflow, left alone "
+                    f"(#{overflow.pk})")]
     assert counters(stalled) == (10, 0, 0, 3, 7, "partial")
     assert counters(overflow) == (10, 2, 5, 6, 0, "processing")
     record = RepairRecord.objects.get()
@@ -372,11 +387,13 @@ def test_a_confirmation_with_nothing_to_change_offers_no_confirm_button(operator
     assert 'type="submit" value="Yes' not in html
 
 
-def test_too_large_a_selection_for_a_confirmation_is_refused(operator_client, monkeypatch):
+def test_too_many_ticked_rows_for_a_confirmation_are_refused_pointing_at_select_all(operator_client, monkeypatch):
     monkeypatch.setattr(admin_common, "CONFIRM_MAX", 2)
     rows = [batch(10, 0, 0, 10, 0) for _ in range(3)]
     response = act(operator_client, STATUSES_URL, "force_repair", rows)
-    assert messages_of(response) == [("error", "Select at most 2 generations for this action (3 selected).")]
+    assert messages_of(response) == [("error", "Tick at most 2 generations for this action (3 ticked); to act on "
+                                               "more, tick the box at the top of the list, then click “Select all …” "
+                                               "above it: every row the list's filters match.")]
     assert RepairRecord.objects.count() == 0
 
 
@@ -402,7 +419,7 @@ def test_release_locks_confirms_first_flagging_locks_of_progressing_batches(oper
     assert GenerationLock.objects.count() == 3 and RepairRecord.objects.count() == 0 and LogEntry.objects.count() == 0
 
     response = act(operator_client, LOCKS_URL, "release_selected", locks, post="yes")
-    assert messages_of(response) == [("success", "3 locks released")]
+    assert messages_of(response) == [("success", f"3 locks released ({', '.join(f'#{lock.pk}' for lock in locks)})")]
     assert GenerationLock.objects.count() == 0
     assert set(RepairRecord.objects.values_list("kind", "rule", "actor")) == {
         (RecordKind.LOCK, RecordRule.RELEASED_BY_HAND, operator.pk)}
@@ -583,13 +600,14 @@ def test_health_page_shows_counts_runs_and_the_chart(admin_client, admin_user):
     assert re.search(r'id="gen-stuck-total"><strong>4</strong>', html)
     assert re.search(r'id="gen-expired-locks">2<', html)
     assert "The cleanup job has never completed a run (from cron or the command)." in html
-    assert '<svg class="gen-chart"' in html and "No repairs in these 30 days" in html
+    assert '<svg class="gen-chart"' in html and "No repairs in these days" in html
 
     report = services.cleanup(job=job(), trigger=Trigger.CRON)
     html = admin_client.get(HEALTH_URL).content.decode()
     assert "never completed a run" not in html
     # the corrupt batch makes every run end with errors: a finding to show, not a dead schedule
-    assert f"The last completed job run (#{report.run_id}) found errors: batch #" in html
+    run_url = reverse("admin:generation_cleanuprun_change", args=[report.run_id])
+    assert f'The last completed job run, run <a href="{run_url}">#{report.run_id}</a>, found errors: batch <a' in html
     assert re.findall(r'<rect [^>]*fill="#0072B2"><title>[0-9-]+: 1 all_accounted</title>', html)
     assert "all_accounted (1)" in html
 
@@ -602,7 +620,6 @@ def test_the_admin_index_links_the_health_page(admin_client):
 
 # --- Undo selected repairs ------------------------------------------------------------------------
 
-RECORDS_URL = reverse("admin:generation_repairrecord_changelist")
 
 
 def status_record_of(row):
@@ -632,7 +649,8 @@ def test_undo_confirms_first_with_what_each_record_would_do_then_undoes(operator
     assert page.status_code == 200
     assert page.templates[0].name == "admin/generation/undo_confirmation.html"
     html = page.content.decode()
-    assert "3 repairs to undo (1 lock taken back with its batch)." in html
+    assert f"3 repairs to undo (batch #{overflow.pk}, batch #{finished.pk}, lock #{lock.pk}; 1 lock taken back with " \
+           "its batch)." in html
     row = record_tr(html, finished_record.pk)
     assert "partial 10/0/0/7/3" in row and '<mark class="gen-changed">processing</mark>' in row
     assert re.search(r'title="P 0 → 2">2</mark>', row)
@@ -648,7 +666,8 @@ def test_undo_confirms_first_with_what_each_record_would_do_then_undoes(operator
     assert (CleanupRun.objects.count(), RepairRecord.objects.count(), LogEntry.objects.count()) == (runs, records, 0)
 
     response = act(operator_client, RECORDS_URL, "undo_selected", selected, post="yes")
-    assert messages_of(response) == [("success", "3 repairs undone (1 lock taken back with its batch)")]
+    assert messages_of(response) == [("success", f"3 repairs undone (batch #{overflow.pk}, batch #{finished.pk}, lock "
+                                                 f"#{lock.pk}; 1 lock taken back with its batch)")]
     assert counters(finished) == (10, 0, 2, 7, 3, "processing") and counters(overflow) == (10, 2, 5, 6, 0, "processing")
     back = GenerationLock.objects.get(pk=lock.pk)
     assert (back.lock_id, back.locked_at) == (lock.lock_id, lock.locked_at)
@@ -686,7 +705,8 @@ def test_a_refused_undo_is_named_with_its_reason_and_changes_nothing(operator_cl
     response = act(operator_client, RECORDS_URL, "undo_selected", [moved_record, calm_record], post="yes")
     assert messages_of(response) == [(
         "warning",
-        f"1 repair undone; 1 refused: record #{moved_record.pk} (counter_overflow of batch #{moved.pk}): {reason}")]
+        f"1 repair undone (batch #{calm.pk}); 1 refused: record #{moved_record.pk} (counter_overflow of batch "
+        f"#{moved.pk}): {reason}")]
     assert counters(moved) == (10, 2, 3, 6, 0, "processing")
     assert counters(calm) == (10, 2, 5, 6, 0, "processing")
     assert list(RepairRecord.objects.filter(rule=RecordRule.UNDO).values_list("undo_of", flat=True)) == [calm_record.pk]
@@ -703,11 +723,12 @@ def test_undo_message_uses_the_singular_and_names_at_most_ten_refusals():
         return undo.UndoOutcome(record_id, kind=RecordKind.STATUS, rule="counter_overflow", target_id=record_id + 100,
                                 reason=reason)
 
-    done = undo.UndoReport(trigger=Trigger.ADMIN, dry_run=False, run_id=5, outcomes=[outcome(1)])
-    assert wording.undo_message(done, selected={1}) == (messages.SUCCESS, "1 repair undone")
-    refused = [outcome(i, "busy") for i in range(10, 22)]
-    report = undo.UndoReport(trigger=Trigger.ADMIN, dry_run=False, run_id=5, outcomes=refused)
-    level, text = wording.undo_message(report, selected=set(range(10, 22)))
+    done = undo.UndoReport(trigger=Trigger.ADMIN, dry_run=False, run_id=5)
+    done.add([outcome(1)])
+    assert wording.undo_message(done) == (messages.SUCCESS, "1 repair undone (batch #101)")
+    report = undo.UndoReport(trigger=Trigger.ADMIN, dry_run=False, run_id=5)
+    report.add([outcome(i, "busy") for i in range(10, 22)])
+    level, text = wording.undo_message(report)
     assert level == messages.WARNING
     assert text.startswith("No repair undone; 12 refused: record #10 (counter_overflow of batch #110): busy | ")
     assert text.count(": busy") == 10 and text.endswith(" | and 2 more (all listed on cleanup run #5)")
@@ -736,7 +757,8 @@ def test_too_large_a_selection_to_undo_is_refused(operator_client, operator, mon
     rows = [batch(10, 2, 5, 6, 0) for _ in range(2)]
     services.repair_selected(job=job(), ids=[r.pk for r in rows], actor=operator)
     response = act(operator_client, RECORDS_URL, "undo_selected", list(RepairRecord.objects.all()))
-    assert messages_of(response) == [("error", "Select at most 1 repairs for this action (2 selected).")]
+    [(level, text)] = messages_of(response)
+    assert level == "error" and text.startswith("Tick at most 1 repairs for this action (2 ticked)")
     assert not RepairRecord.objects.filter(rule=RecordRule.UNDO).exists()
 
 
@@ -779,7 +801,7 @@ def test_the_undo_button_on_a_repairs_page_leads_to_the_confirmation(operator_cl
     assert fields[ACTION_CHECKBOX_NAME] == str(record.pk)
     page = operator_client.post(form.group(1), {k: v for k, v in fields.items() if k != "csrfmiddlewaretoken"})
     assert page.templates[0].name == "admin/generation/undo_confirmation.html"
-    assert "1 repair to undo." in page.content.decode()
+    assert f"1 repair to undo (batch #{row.pk})." in page.content.decode()
     assert counters(row) == (10, 2, 2, 6, 0, "processing")
 
 
@@ -806,7 +828,8 @@ def test_undo_records_pages_link_both_ways_and_show_what_changed(admin_client, a
     assert status_row.index("partial") < status_row.index("processing")  # before: what the repair left
     assert "Highlighted: the fields this undo changed." in html
     undo_of = re.search(r'<span id="gen-undo-of">.*?</span>', html, re.S).group(0)
-    assert f'/{original.pk}/change/">record #{original.pk}</a> (all_accounted of batch #{row.pk})' in undo_of
+    assert (f'/{original.pk}/change/">record #{original.pk}</a> (all_accounted of <a href="'
+            f'{reverse("admin:generation_generationstatus_change", args=[row.pk])}">batch #{row.pk}</a>)') in undo_of
     assert 'id="gen-undo-form"' not in html  # an undo is not undone; the row is repaired again instead
 
     html = page(lock_undo)
@@ -815,12 +838,16 @@ def test_undo_records_pages_link_both_ways_and_show_what_changed(admin_client, a
         r'<td class="gen-mono gen-after">(.*?)</td>', html, re.S)}
     assert rows["lock_id"] == ("(absent)", lock.lock_id)
     assert set(rows) == {"lock_id", "account_id", "content_type", "locked_at", "created_at"}
-    assert f'/{released.pk}/change/">record #{released.pk}</a> (released_with_batch of lock #{lock.pk})' in html
+    lock_url = reverse("admin:generation_generationlock_change", args=[lock.pk])
+    assert (f'/{released.pk}/change/">record #{released.pk}</a> (released_with_batch of <a href="{lock_url}" '
+            f'title="{lock.lock_id}">lock #{lock.pk}</a>)') in html
 
     for record, undone_by in ((original, status_undo), (released, lock_undo)):
         html = page(record)
         by = re.search(r'<span id="gen-undone-by">.*?</span>', html, re.S).group(0)
-        assert f'/{undone_by.pk}/change/">record #{undone_by.pk}</a> (run #{report.run_id} admin by admin)' in by
+        run_url = reverse("admin:generation_cleanuprun_change", args=[report.run_id])
+        assert (f'/{undone_by.pk}/change/">record #{undone_by.pk}</a> (run <a href="{run_url}">#{report.run_id}</a> '
+                "admin by admin)") in by
         assert 'id="gen-undo-form"' not in html  # already undone
     assert "not undone" in page(RepairRecord.objects.create(
         run=original.run, kind=RecordKind.LOCK, target_id=999, account_id=1, content_type="video",
@@ -832,7 +859,7 @@ def test_undo_records_pages_link_both_ways_and_show_what_changed(admin_client, a
     assert f'undo</span> of <a href="/admin/generation/repairrecord/{original.pk}/change/">#{original.pk}</a>' in run_html
     list_html = admin_client.get(RECORDS_URL + "?rule__exact=undo").content.decode()
     lock_tr = row_html(list_html, lock_undo.pk)
-    assert f'<span title="{lock.lock_id}">lock #{lock.pk}</span>' in lock_tr and "re-created" in lock_tr
+    assert f'<a href="{lock_url}" title="{lock.lock_id}">lock #{lock.pk}</a>' in lock_tr and "re-created" in lock_tr
 
     html = admin_client.post(RECORDS_URL, {"action": "undo_selected",
                                            ACTION_CHECKBOX_NAME: [status_undo.pk, original.pk]}).content.decode()

@@ -138,7 +138,7 @@ def test_a_run_with_errors_counts_as_completed_but_is_shown():
     run = _run(outcome=Outcome.ERRORS, error="batch #7 has corrupt counters\nbatch #9 has corrupt counters")
     report = health.overview(job=job())
     assert report.last_completed == run
-    assert report.warnings == [f"The last completed job run (#{run.pk}) found errors: batch #7 has corrupt counters "
+    assert report.warnings == [f"The last completed job run, run #{run.pk}, found errors: batch #7 has corrupt counters "
                                "(and more on its page)"]
     _run(trigger="admin", outcome=Outcome.ERRORS, error="batch #8 has corrupt counters")
     assert health.overview(job=job()).warnings == report.warnings  # an admin action's findings are not the job's
