@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from .. import selectors
 from ..models import CleanupRun, RunKind
@@ -112,7 +113,7 @@ class CleanupRunAdmin(ReadOnlyAdmin):
     def errors(self, obj):
         if not obj.error:
             return "-"
-        return format_html_join(format_html("<br>"), "{}", ((linked(line),) for line in obj.error.splitlines()))
+        return format_html_join(mark_safe("<br>"), "{}", ((linked(line),) for line in obj.error.splitlines()))
 
     @admin.display(description="selection")
     def selection(self, obj):

@@ -114,7 +114,15 @@ class GenerationStatusAdmin(AccountColumns, ReadOnlyAdmin):
         ]
 
     def changelist_view(self, request, extra_context=None):
-        return super().changelist_view(request, {**(extra_context or {}), "stuck_oldest_first": stuck_oldest_first()})
+        return super().changelist_view(request, {**(extra_context or {}),
+                                                 "stuck_oldest_first": self.stuck_oldest_first(request)})
+
+    def stuck_oldest_first(self, request) -> str:
+        """The list filtered to the stuck batches, sorted by updated_at ascending: one click from the list and from
+        the index. The `o` parameter counts the list's columns, the action checkbox first when the user has
+        actions."""
+        columns = ["action_checkbox", *self.list_display] if self.get_actions(request) else list(self.list_display)
+        return reverse("admin:generation_generationstatus_changelist") + f"?stuck=yes&o={columns.index('updated')}"
 
     # --- columns (short headers: the row must fit beside the sidebar and the filters)
 
@@ -321,13 +329,6 @@ class GenerationStatusAdmin(AccountColumns, ReadOnlyAdmin):
             "health": health.overview(job=job_of(request)), "opts": self.opts, "stuck_rules": rules.STUCK_RULES,
             "refresh": request.GET.get("refresh") != "off",
         })
-
-
-def stuck_oldest_first() -> str:
-    """The statuses list filtered to the stuck batches, sorted by updated_at ascending (the list's `o` parameter
-    names the column): one click from the list, and from the index."""
-    index = GenerationStatusAdmin.list_display.index("updated")
-    return reverse("admin:generation_generationstatus_changelist") + f"?stuck=yes&o={index}"
 
 
 def _listed(details, job) -> dict:

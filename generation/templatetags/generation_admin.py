@@ -1,11 +1,12 @@
 """The admin templates' helpers: the one way of writing a time and a duration, `#id` links, the index's counts."""
 
 from django import template
+from django.contrib import admin
 from django.urls import reverse
 
 from .. import health
 from ..admin.common import ago, job_of, linked, now_of, when
-from ..admin.statuses import stuck_oldest_first
+from ..models import GenerationStatus
 
 register = template.Library()
 
@@ -33,5 +34,6 @@ def generation_problems(context) -> dict:
     """The stuck batches and expired locks now, for the admin index, with the lists that show them."""
     request = context["request"]
     stuck, expired = health.problems(now=now_of(request), job=job_of(request))
-    return {"stuck": stuck, "expired": expired, "stuck_url": stuck_oldest_first(),
+    statuses = admin.site.get_model_admin(GenerationStatus)
+    return {"stuck": stuck, "expired": expired, "stuck_url": statuses.stuck_oldest_first(request),
             "expired_url": reverse("admin:generation_generationlock_changelist") + "?expired=yes"}
