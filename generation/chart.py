@@ -27,6 +27,7 @@ class Tick:
 class DayLabel:
     x: float
     text: str
+    anchor: str = "middle"  # SVG text-anchor: the first and last labels keep inside the plot
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,11 @@ def _nice_step(peak: int, max_ticks: int = 5) -> int:
         step *= 10
 
 
-def _labelled(columns: int, every: int) -> list[int]:
-    """The columns that get a label: every `every`th from the first, and the last unless it would crowd the one
-    before it."""
+def _labelled(columns: int, every: int, *, last_after: float) -> list[int]:
+    """The columns that get a label: every `every`th from the first, and the last one too if it is at least
+    `last_after` columns from the one before (a label is wider than its column: it must not crowd the next)."""
     indices = list(range(0, columns, every))
-    if columns and columns - 1 - indices[-1] >= every / 2:
+    if columns and columns - 1 - indices[-1] >= last_after:
         indices.append(columns - 1)
     return indices
 
@@ -111,14 +112,21 @@ def _stacked(keys: list, counts: dict, *, series, colours: dict, titles, labels:
             base -= h
             bars.append(Bar(x, round(base, 2), bar_width, round(h, 2), colours[name], titles(key, n, name), key))
     ticks = [Tick(value, round(bottom - value * scale, 2)) for value in range(0, ceiling + 1, step)]
-    placed = [DayLabel(round(left + index * slot + slot / 2, 2), text) for index, text in sorted(labels.items())]
+    placed = []
+    for index, text in sorted(labels.items()):
+        if index == 0:  # from the first column's left edge
+            placed.append(DayLabel(round(left + index * slot, 2), text, "start"))
+        elif index == len(keys) - 1:  # up to the last column's right edge
+            placed.append(DayLabel(round(left + (index + 1) * slot, 2), text, "end"))
+        else:
+            placed.append(DayLabel(round(left + index * slot + slot / 2, 2), text))
     return (left, top, right, bottom), bars, ticks, placed
 
 
 def build_chart(days: list[date], counts: dict, *, series, colours: dict, width: int = 960,
                 height: int = 280) -> Chart:
     """Stacked bars, one per day, one colour per series (in order). `counts` maps (day, series) to a number."""
-    labels = {index: f"{days[index]:%b} {days[index].day}" for index in _labelled(len(days), 5)}
+    labels = {index: f"{days[index]:%b} {days[index].day}" for index in _labelled(len(days), 5, last_after=2.5)}
     plot, bars, ticks, placed = _stacked(
         days, counts, series=series, colours=colours, labels=labels, width=width, height=height,
         titles=lambda day, n, name: f"{day.isoformat()}: {n} {name}")
@@ -134,12 +142,12 @@ def build_chart(days: list[date], counts: dict, *, series, colours: dict, width:
 
 
 def build_run_chart(runs: list[RunColumn], *, series, colours: dict, width: int = 960, height: int = 280,
-                    label_every: int = 10) -> Chart:
+                    label_every: int = 15) -> Chart:
     """Stacked bars, one per run in the order given (oldest first): what each run found stuck, by series. The
     legend gives the last run's figures."""
     counts = {(run.key, name): run.values.get(name, 0) for run in runs for name in series}
     labels = {index: f"{runs[index].started_at:%b} {runs[index].started_at.day} {runs[index].started_at:%H:%M}"
-              for index in _labelled(len(runs), label_every)}
+              for index in _labelled(len(runs), label_every, last_after=label_every)}
     when = {run.key: run.started_at for run in runs}
     plot, bars, ticks, placed = _stacked(
         [run.key for run in runs], counts, series=series, colours=colours, labels=labels, width=width,

@@ -352,17 +352,18 @@ def diagnosis_text(verdict: str, *, status: str, idle, stuck_after, fail_stalled
 def bad_counter(value) -> str | None:
     """Why a counter's value is a problem (NULL, negative), or None."""
     if value is None:
-        return "NULL: the backend never wrote it"
+        return "the backend never wrote it"
     if value < 0:
-        return "negative: a count of tasks cannot be below zero"
+        return "a count of tasks cannot be below zero"
     return None
 
 
-def corrupt_fix(batch_id: int) -> str:
+def corrupt_fix(batch_id: int, column: str) -> str:
+    """What to do about a batch with a NULL or negative counter; `column` is the first such counter."""
     # an example for a person to read and adapt, never run by this project
-    example = f"UPDATE account_generation_status SET total_processing = 0 WHERE id = {batch_id}"  # noqa: S608
+    example = f"UPDATE account_generation_status SET {column} = <the right value> WHERE id = {batch_id}"  # noqa: S608
     return ("The job never changes a batch with a NULL or negative counter. Find the right values in the backend's "
-            f"records of the batch's tasks, set them in the backend's database (for example {example}); the next "
+            f"records of the batch's tasks and set them in the backend's database (for example {example}); the next "
             "run judges the batch again.")
 
 

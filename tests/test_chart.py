@@ -35,6 +35,9 @@ def test_chart_stacks_bars_per_day_in_proportion():
     assert first.colour == health.CHART_COLOURS[RecordRule.ALL_ACCOUNTED]
     assert [label.text for label in chart.labels] == ["Nov 1", "Nov 6", "Nov 11", "Nov 16", "Nov 21", "Nov 26",
                                                       "Nov 30"]
+    # the first and last labels keep inside the plot: from the first column's left edge, up to the last's right
+    assert [label.anchor for label in chart.labels] == ["start", *["middle"] * 5, "end"]
+    assert (chart.labels[0].x, chart.labels[-1].x) == (chart.plot_left, pytest.approx(chart.plot_right))
     assert {item.label: item.total for item in chart.legend}["all_accounted"] == 6
     assert chart.summary.startswith("Repairs per day by rule from 2026-11-01 to 2026-11-30: 12 in all")
 
@@ -58,7 +61,8 @@ def test_the_backlog_chart_stacks_each_runs_figures_and_keys_each_bar_by_its_run
     assert [bar.title for bar in last] == ["run #124, 2026-11-01 12:00: 24 repaired",
                                            "run #124, 2026-11-01 12:00: 2 stalled"]
     assert last[1].y + last[1].height == pytest.approx(last[0].y)  # stacked
-    assert [label.text for label in backlog.labels] == ["Nov 1 00:00", "Nov 1 05:00", "Nov 1 10:00"]  # the last crowds
+    assert [label.text for label in backlog.labels] == ["Nov 1 00:00", "Nov 1 07:30"]  # the last would crowd 07:30
+    assert [label.anchor for label in backlog.labels] == ["start", "middle"]
     assert {item.label: item.total for item in backlog.legend} == {
         "repaired": 24, "stalled": 2, "corrupt": 0, "busy or moved on": 0}
     assert backlog.summary.startswith("Stuck batches found by each of the last 25 runs of the job, from run #100 to "

@@ -59,11 +59,13 @@ def when_text(value) -> str:
 
 
 def when(value):
-    """when_text() in a list or a table, the exact time (to the second, with its offset) on hover."""
+    """when_text() in a list or a table, the exact time (to the second, with its offset) on hover. A narrow column
+    wraps it between the date and the time, never inside either."""
     if value is None:
         return "-"
     exact = (datetime.fromisoformat(value) if isinstance(value, str) else value).isoformat(timespec="seconds")
-    return format_html('<span class="gen-when" title="{}">{}</span>', exact, when_text(value))
+    day, _, time = when_text(value).partition(" ")
+    return format_html('<span class="gen-when" title="{}"><span>{}</span> <span>{}</span></span>', exact, day, time)
 
 
 def ago(now, then) -> str:
@@ -151,6 +153,11 @@ class Selection:
     @property
     def across(self) -> bool:
         return self.ids is None
+
+    @property
+    def sampled(self) -> bool:
+        """Whether a confirmation shows only some of the rows (the first SAMPLE): its totals count them all."""
+        return self.across and self.count > SAMPLE
 
     def rows(self) -> dict:
         """The services' arguments for these rows."""

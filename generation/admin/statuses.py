@@ -180,7 +180,7 @@ class GenerationStatusAdmin(AccountColumns, ReadOnlyAdmin):
 
     def _explained(self, value):
         problem = bad_counter(value)
-        return format_html('{} <span class="gen-flag-note">{}</span>', _bad(value), problem) if problem else value
+        return format_html('{}<span class="gen-flag-note">: {}</span>', _bad(value), problem) if problem else value
 
     @admin.display(description=f"{COUNTER_LABELS['total_requested']}: requested")
     def requested(self, obj):
@@ -234,7 +234,8 @@ class GenerationStatusAdmin(AccountColumns, ReadOnlyAdmin):
             "verdict": obj.verdict,
             "explanation": diagnosis_text(obj.verdict, status=obj.status, idle=idle, fail_stalled_after=fail,
                                           stuck_after=job.stuck_after.for_type(content_type)),
-            "counters_fix": corrupt_fix(obj.pk) if counters.is_corrupt else "",
+            "counters_fix": corrupt_fix(obj.pk, next(name for name, value in counters.as_dict().items()
+                                                     if bad_counter(value))) if counters.is_corrupt else "",
             "offers": offers, "release": release, "action_checkbox_name": ACTION_CHECKBOX_NAME,
         }
 
