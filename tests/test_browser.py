@@ -109,6 +109,28 @@ def history(days=30, seed=7):
     RepairRecord.objects.bulk_create(records)
 
 
+def wide_rows():
+    """A row of each list with the widest values a large production database has (8-digit batch and record ids,
+    9-digit accounts, 6-digit run ids and counts), first in its list's order: the lists must fit with them too."""
+    now = timezone.now()
+    snapshot = {"total_requested": 250, "total_queued": 120, "total_processing": 130, "total_completed": 0,
+                "total_failed": 0, "status": "processing", "completed_at": None,
+                "updated_at": (now - timedelta(days=40)).isoformat()}
+    batch = GenerationStatus.objects.create(
+        id=12_345_678, account_id=123_456_789, content_type="slideshow", status="completed", total_requested=250,
+        total_queued=0, total_processing=0, total_completed=250, total_failed=0, updated_at=now - timedelta(days=40),
+        lock_id="wide-lock-0000-0000-0000-000000000000")
+    GenerationLock.objects.create(id=1_234_567, account_id=123_456_789, content_type="slideshow", lock_id=batch.lock_id,
+                                  locked_at=now - timedelta(days=400))
+    run = CleanupRun.objects.create(id=123_456, trigger=Trigger.ADMIN, outcome=Outcome.OK, examined=123_456,
+                                    repaired_counter_overflow=123_456, stalled=123_456, corrupt=12_345,
+                                    locks_released=123_456, finished_at=now - timedelta(days=40, seconds=-2))
+    CleanupRun.objects.filter(pk=run.pk).update(started_at=now - timedelta(days=40))
+    RepairRecord.objects.create(id=23_456_789, run=run, kind=RecordKind.STATUS, target_id=batch.pk,
+                                account_id=batch.account_id, content_type="slideshow", rule=RecordRule.COUNTER_OVERFLOW,
+                                before=snapshot, after={**snapshot, "total_processing": 130}, created_at=now)
+
+
 def _status_record(rng, run, rule, at):
     """A repair as the engine records it: the row's counters, status and times before and after."""
     total = rng.randint(4, 40)
@@ -217,6 +239,7 @@ class AdminInChromium(StaticLiveServerTestCase):
         self.browser.set_window_size(WIDTH, HEIGHT)
         seed_demo_data(count=120, seed=42, lock_ttl=Windows(timedelta(hours=3)))
         history()
+        wide_rows()
         operator()
 
         # log in through the form, as a person would
@@ -249,6 +272,7 @@ class AdminInChromium(StaticLiveServerTestCase):
 
     def the_statuses_list(self) -> dict:
         self.open("/admin/generation/generationstatus/", ready="#result_list")
+        assert self.find("#result_list th.field-id a").text == "12345678"  # the widest row first
         self.fits()
         # a batch by its id, as the messages write it
         some = GenerationStatus.objects.order_by("-id")[3]  # an id no account has (the demo's accounts are fewer)
@@ -308,6 +332,9 @@ class AdminInChromium(StaticLiveServerTestCase):
         assert {int(a.text.split("#")[1]) for a in self.find_all("#result_list td.field-target a")} >= set(repaired)
         self.fits()
         self.screenshot("records.png")
+        self.open("/admin/generation/repairrecord/", ready="#result_list")
+        assert "23456789" in [a.text for a in self.find_all("#result_list th.field-id a")]  # the widest record
+        self.fits()
         # a batch's repairs, by its id
         self.open(f"/admin/generation/repairrecord/?q=%23{repaired[0]}", ready="#result_list")
         assert [a.text for a in self.find_all("#result_list td.field-target a")] == [f"batch #{repaired[0]}"]
@@ -337,6 +364,7 @@ class AdminInChromium(StaticLiveServerTestCase):
         from selenium.webdriver.support.ui import Select
 
         self.open("/admin/generation/generationlock/?expired=yes", ready="#result_list")
+        assert "123456789" in self.find("#result_list tbody tr").text  # the widest row first (the oldest lock)
         self.fits()
         assert not self.find_all("#result_list img[src$='icon-yes.svg']")
         badges = self.find_all("#result_list td.field-expiry .gen-expired")
@@ -390,6 +418,7 @@ class AdminInChromium(StaticLiveServerTestCase):
 
     def the_runs(self):
         self.open("/admin/generation/cleanuprun/", ready="#result_list")
+        assert "123456" in [a.text for a in self.find_all("#result_list th.field-id a")]  # the widest run
         self.fits()
         undo_run = CleanupRun.objects.filter(kind=RunKind.UNDO).get()
         badge = self.find(f"#result_list tr:has(a[href$='/cleanuprun/{undo_run.pk}/change/']) .gen-undo")

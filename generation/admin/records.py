@@ -6,7 +6,8 @@ from datetime import datetime, timedelta
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
-from django.utils.html import format_html, format_html_join
+from django.utils.html import escape, format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from .. import rules, selectors, undo
 from ..db import ConnectionLost, database_now
@@ -98,7 +99,8 @@ class RepairRecordAdmin(AccountColumns, ReadOnlyAdmin):
     def change(self, obj):
         if obj.kind == RecordKind.LOCK:
             return "re-created" if obj.rule == RecordRule.UNDO else "deleted"  # the lock id is on hover over the target
-        before, after = change_text(obj).split(" → ")
+        # before on one line, after on the next; a break is allowed after each slash of large counters
+        before, after = (mark_safe(escape(part).replace("/", "/<wbr>")) for part in change_text(obj).split(" → "))  # noqa: S308
         return format_html('<span class="gen-mono gen-small">{}<br>→ {}</span>', before, after)
 
     @admin.display(description="row", ordering="target_id")

@@ -10,6 +10,7 @@ from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from .. import health, rules, selectors, services
 from ..models import GenerationStatus, RecordKind
@@ -138,8 +139,9 @@ class GenerationStatusAdmin(AccountColumns, ReadOnlyAdmin):
     @admin.display(description="Q/P/C/F")
     def counters(self, obj):
         values = (obj.total_queued, obj.total_processing, obj.total_completed, obj.total_failed)
+        # a break is allowed after each slash: large counters wrap instead of widening the list
         return format_html('<span class="gen-mono">{}</span>', format_html_join(
-            "/", "{}", ((value if value is not None and value >= 0 else _bad(value),) for value in values)))
+            mark_safe("/<wbr>"), "{}", ((value if value is not None and value >= 0 else _bad(value),) for value in values)))
 
     @admin.display(description="updated", ordering="updated_at")
     def updated(self, obj):
