@@ -316,37 +316,37 @@ def record_totals_summary(totals: dict) -> str:
 # --- The admin's pages: a batch explained ----------------------------------------------------------
 
 
+# Why the list calls a batch what it does, and what happens to it next: {stuck} is "Stuck (idle 1d11h, over 3h)",
+# {moved} how long ago it moved, {window} its type's stuck window, {status} its status.
+DIAGNOSES = {
+    rules.Verdict.HEALTHY: "Healthy: in progress, and it moved {moved} ago, within its stuck window ({window}); "
+                           "nothing to do.",
+    rules.Verdict.FINISHED: "Finished ({status}): nothing to do.",
+    rules.Verdict.NEVER_UPDATED: "In progress but never updated (updated_at is NULL): its age is unknown, so no rule "
+                                 "judges it; every run reports it. Ask the backend's team what happened to it.",
+    rules.Verdict.UNKNOWN_STATUS: "Its status '{status}' is not one the contract names, so no rule judges it; every "
+                                  "run reports it. Fix the status by hand.",
+    rules.Rule.CORRUPT: "{stuck}, with a NULL or negative counter: the job never changes it and every run reports it. "
+                        "Fix the counters by hand (highlighted below).",
+    rules.Rule.ALL_ACCOUNTED: "{stuck}: every task has an outcome (C + F ≥ T) but the batch was never finished. The "
+                              "next run finishes it and releases its lock.",
+    rules.Rule.NO_ACTIVE_TASKS: "{stuck}: nothing is queued or processing, but outcomes are missing. The next run "
+                                "counts the missing tasks as failed, finishes it and releases its lock.",
+    rules.Rule.COUNTER_OVERFLOW: "{stuck}: its counters add up to more than T (a retry counted a task twice). The next "
+                                 "run drops the excess, from processing first, then queued.",
+    rules.Rule.STALLED: "{stuck}: work is claimed but nothing moved. Every run reports it and changes nothing{fail}.",
+}
+
+
 def diagnosis_text(verdict: str, *, status: str, idle, stuck_after, fail_stalled_after=None) -> str:
     """One line: why the list calls a batch what it does, and what happens to it next. `idle` (a timedelta, None
     when never updated) and the windows are the batch's own content type's."""
     window = format_duration(stuck_after)
-    stuck = f"Stuck (idle {format_duration(idle)}, over {window})" if idle is not None else "Stuck"
-    if verdict == rules.Verdict.HEALTHY:
-        return f"Healthy: in progress, and it moved {format_duration(idle)} ago, within its stuck window ({window}); " \
-               "nothing to do."
-    if verdict == rules.Verdict.FINISHED:
-        return f"Finished ({status}): nothing to do."
-    if verdict == rules.Verdict.NEVER_UPDATED:
-        return "In progress but never updated (updated_at is NULL): its age is unknown, so no rule judges it; every " \
-               "run reports it. Ask the backend's team what happened to it."
-    if verdict == rules.Verdict.UNKNOWN_STATUS:
-        return f"Its status {status!r} is not one the contract names, so no rule judges it; every run reports it. " \
-               "Fix the status by hand."
-    if verdict == rules.Rule.CORRUPT:
-        return f"{stuck}, with a NULL or negative counter: the job never changes it and every run reports it. Fix " \
-               "the counters by hand (highlighted below)."
-    if verdict == rules.Rule.ALL_ACCOUNTED:
-        return f"{stuck}: every task has an outcome (C + F ≥ T) but the batch was never finished. The next run " \
-               "finishes it and releases its lock."
-    if verdict == rules.Rule.NO_ACTIVE_TASKS:
-        return f"{stuck}: nothing is queued or processing, but outcomes are missing. The next run counts the " \
-               "missing tasks as failed, finishes it and releases its lock."
-    if verdict == rules.Rule.COUNTER_OVERFLOW:
-        return f"{stuck}: its counters add up to more than T (a retry counted a task twice). The next run drops " \
-               "the excess, from processing first, then queued."
+    moved = format_duration(idle) if idle is not None else "never"
     fail = (f" until it has been idle over {format_duration(fail_stalled_after)}; then it fails the tasks still "
             "queued or processing") if fail_stalled_after else "; fail it by hand once its workers are known to be dead"
-    return f"{stuck}: work is claimed but nothing moved. Every run reports it and changes nothing{fail}."
+    return DIAGNOSES[verdict].format(stuck=f"Stuck (idle {moved}, over {window})" if idle is not None else "Stuck",
+                                     moved=moved, window=window, status=status, fail=fail)
 
 
 def bad_counter(value) -> str | None:

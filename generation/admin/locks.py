@@ -15,6 +15,7 @@ from .common import (
     SAMPLE,
     AccountColumns,
     ReadOnlyAdmin,
+    SelectorSearch,
     aborted_as_message,
     confirmation_page,
     confirmed,
@@ -43,11 +44,12 @@ class ExpiredFilter(admin.SimpleListFilter):
 
 
 @admin.register(GenerationLock)
-class GenerationLockAdmin(AccountColumns, ReadOnlyAdmin):
+class GenerationLockAdmin(SelectorSearch, AccountColumns, ReadOnlyAdmin):
     list_display = ("lock", "account", "content", "age", "expiry", "batch")
     list_filter = (ExpiredFilter, "content_type")
     search_fields = ("account_id", "lock_id")
     search_help_text = "A lock's id (#12), an account id, or a lock id (exact)."
+    searched_by = staticmethod(selectors.search_locks)
     ordering = ("locked_at", "id")  # the oldest, most suspicious first
     list_per_page = 100
     show_full_result_count = False
@@ -62,11 +64,6 @@ class GenerationLockAdmin(AccountColumns, ReadOnlyAdmin):
         self._job = job_of(request)  # the columns below have no request of their own (the same for every request)
         return selectors.locks_for_list(super().get_queryset(request), now=now_of(request),
                                         lock_ttl=job_of(request).lock_ttl)
-
-    def get_search_results(self, request, queryset, search_term):
-        if not search_term.strip():
-            return queryset, False
-        return selectors.search_locks(queryset, search_term), False
 
     @admin.display(description="lock id", ordering="lock_id")
     def lock(self, obj):

@@ -19,6 +19,7 @@ from .common import (
     SAMPLE,
     AccountColumns,
     ReadOnlyAdmin,
+    SelectorSearch,
     change_url,
     confirmation_page,
     confirmed,
@@ -61,13 +62,14 @@ def _record_link(record_id, text):
 
 
 @admin.register(RepairRecord)
-class RepairRecordAdmin(AccountColumns, ReadOnlyAdmin):
+class RepairRecordAdmin(SelectorSearch, AccountColumns, ReadOnlyAdmin):
     list_display = ("id", "created", "rule_badge", "target", "account", "run_link", "change")
     list_filter = ("rule", "kind", "run__trigger", "run__outcome", "content_type", "created_at")
     list_select_related = ("run", "actor")
     show_facets = admin.ShowFacets.NEVER  # grows with every run, like the statuses
     search_fields = ("account_id",)
     search_help_text = "A batch id (4998 or #4998) for its repairs, or an account id."
+    searched_by = staticmethod(selectors.search_records)
     ordering = ("-id",)  # newest first
     list_per_page = 100
     actions = ("undo_selected",)
@@ -81,11 +83,6 @@ class RepairRecordAdmin(AccountColumns, ReadOnlyAdmin):
     def has_repair_permission(self, request):
         # undoing a repair changes the mirrored rows as a repair does: the same permission
         return request.user.has_perm("generation.repair_generationstatus")
-
-    def get_search_results(self, request, queryset, search_term):
-        if not search_term.strip():
-            return queryset, False
-        return selectors.search_records(queryset, search_term), False
 
     @admin.display(description="at", ordering="created_at")
     def created(self, obj):

@@ -9,7 +9,7 @@ from django.utils.safestring import mark_safe
 from .. import selectors
 from ..models import CleanupRun, RunKind
 from ..report import format_duration, format_windows, selection_text
-from .common import ReadOnlyAdmin, linked, when
+from .common import ReadOnlyAdmin, SelectorSearch, linked, when
 from .records import change_text, row_link
 
 RUN_PAGE_RECORDS = 200  # records listed on a run's page; the rest are one link away
@@ -26,13 +26,14 @@ def records_url(run_id) -> str:
 
 
 @admin.register(CleanupRun)
-class CleanupRunAdmin(ReadOnlyAdmin):
+class CleanupRunAdmin(SelectorSearch, ReadOnlyAdmin):
     list_display = ("id", "started", "what", "outcome_label", "found", "examined_count", "repaired_total",
                     "stalled_count", "corrupt_count", "locks", "duration")
     list_filter = ("kind", "trigger", "outcome", "dry_run", "started_at")
     list_select_related = ("actor",)
     search_fields = ("id",)
     search_help_text = "A run's id (12 or #12)."
+    searched_by = staticmethod(selectors.search_runs)
     ordering = ("-id",)  # newest first: ids follow started_at, and one sort key keeps the headers plain
     list_per_page = 100
     readonly_fields = ("outcome_label", "errors", "duration", "selection", "stuck_after_windows", "lock_ttl_windows",
@@ -49,11 +50,6 @@ class CleanupRunAdmin(ReadOnlyAdmin):
                                    "repaired_counter_overflow", "repaired_stalled_failed", "stalled", "corrupt",
                                    "skipped_busy", "locks_expired", "locks_removed", "locks_released")}),
         )
-
-    def get_search_results(self, request, queryset, search_term):
-        if not search_term.strip():
-            return queryset, False
-        return selectors.search_runs(queryset, search_term), False
 
     # --- columns (short: the row must fit beside the sidebar and the filters)
 

@@ -31,6 +31,7 @@ from .common import (
     SAMPLE,
     AccountColumns,
     ReadOnlyAdmin,
+    SelectorSearch,
     aborted_as_message,
     ago,
     confirmation_page,
@@ -74,12 +75,25 @@ def _bad(value):
     return format_html('<span class="gen-bad">{}</span>', "NULL" if value is None else value)
 
 
+def _explained(name: str, word: str):
+    """A counter on a batch's page: a NULL or negative one highlighted, with why it is a problem."""
+
+    @admin.display(description=f"{COUNTER_LABELS[name]}: {word}")
+    def show(self, obj):
+        value = getattr(obj, name)
+        problem = bad_counter(value)
+        return format_html('{}<span class="gen-flag-note">: {}</span>', _bad(value), problem) if problem else value
+
+    return show
+
+
 @admin.register(GenerationStatus)
-class GenerationStatusAdmin(AccountColumns, ReadOnlyAdmin):
+class GenerationStatusAdmin(SelectorSearch, AccountColumns, ReadOnlyAdmin):
     list_display = ("id", "account", "content", "status", "diagnosis", "progress", "counters", "updated")
     list_filter = (StuckFilter, "status", "content_type", "updated_at")
     search_fields = ("account_id", "lock_id")
     search_help_text = "A batch id (4998 or #4998), an account id, or a lock id (exact)."
+    searched_by = staticmethod(selectors.search_statuses)
     # the primary key's index: the table is large and has no index on updated_at
     ordering = ("-id",)
     list_per_page = 100
@@ -102,11 +116,6 @@ class GenerationStatusAdmin(AccountColumns, ReadOnlyAdmin):
     def get_queryset(self, request):
         return selectors.statuses_for_list(super().get_queryset(request), now=now_of(request),
                                            stuck_after=job_of(request).stuck_after)
-
-    def get_search_results(self, request, queryset, search_term):
-        if not search_term.strip():
-            return queryset, False
-        return selectors.search_statuses(queryset, search_term), False
 
     def get_urls(self):
         return [
@@ -180,29 +189,11 @@ class GenerationStatusAdmin(AccountColumns, ReadOnlyAdmin):
         return format_html('<a href="{}?kind={}&amp;target_id={}">repairs of this batch</a>', url,
                            RecordKind.STATUS.value, obj.pk)
 
-    def _explained(self, value):
-        problem = bad_counter(value)
-        return format_html('{}<span class="gen-flag-note">: {}</span>', _bad(value), problem) if problem else value
-
-    @admin.display(description=f"{COUNTER_LABELS['total_requested']}: requested")
-    def requested(self, obj):
-        return self._explained(obj.total_requested)
-
-    @admin.display(description=f"{COUNTER_LABELS['total_queued']}: queued")
-    def queued_total(self, obj):
-        return self._explained(obj.total_queued)
-
-    @admin.display(description=f"{COUNTER_LABELS['total_processing']}: processing")
-    def processing_total(self, obj):
-        return self._explained(obj.total_processing)
-
-    @admin.display(description=f"{COUNTER_LABELS['total_completed']}: completed")
-    def completed_total(self, obj):
-        return self._explained(obj.total_completed)
-
-    @admin.display(description=f"{COUNTER_LABELS['total_failed']}: failed")
-    def failed_total(self, obj):
-        return self._explained(obj.total_failed)
+    requested = _explained("total_requested", "requested")
+    queued_total = _explained("total_queued", "queued")
+    processing_total = _explained("total_processing", "processing")
+    completed_total = _explained("total_completed", "completed")
+    failed_total = _explained("total_failed", "failed")
 
     def get_object(self, request, object_id, from_field=None):
         """The batch with the list's verdict (get_queryset) and the lock it refers to, as the locks list shows it."""
