@@ -1028,11 +1028,12 @@ def test_an_expired_lock_is_shown_as_a_problem_not_with_a_green_check(admin_clie
     assert "icon-yes.svg" not in html and "icon-no.svg" not in html
     expired_lock = GenerationLock.objects.get(lock_id=expired.lock_id)
     fresh_lock = GenerationLock.objects.get(lock_id=fresh.lock_id)
-    assert re.search(r'<span class="gen-diagnosis gen-expired" title="TTL 3h">expired 2h ago</span>',
+    # (on PostgreSQL the page's clock is the test transaction's start, a moment before the rows were made)
+    assert re.search(r'<span class="gen-diagnosis gen-expired" title="TTL 3h">expired (2h|1h59m) ago</span>',
                      row_html(html, expired_lock.pk))
     assert re.search(r'<span title="TTL 3h">in (2h|1h59m)</span>', row_html(html, fresh_lock.pk))
     page = admin_client.get(reverse("admin:generation_generationlock_change", args=[expired_lock.pk])).content.decode()
-    assert "expired 2h ago" in page
+    assert re.search(r"expired (2h|1h59m) ago", page)
 
 
 @pytest.mark.parametrize(("counters_", "options", "verdict", "says"), [
@@ -1051,7 +1052,7 @@ def test_a_batchs_page_explains_its_diagnosis_in_one_line(admin_client, counters
     assert f'<span class="gen-diagnosis gen-{verdict}">{verdict}</span>' in explanation
     assert says in html_unescape(explanation)
     if verdict not in ("healthy", "finished"):
-        assert "Stuck (idle 3h1m, over 3h)" in explanation
+        assert re.search(r"Stuck \(idle 3h(1m)?, over 3h\)", explanation)
     assert re.search(r"3h(1m)?|2h59m", html)  # how long it has been idle, on the page
 
 
@@ -1290,11 +1291,11 @@ def test_the_undo_preview_says_it_restores_updated_at_and_the_batch_looks_as_it_
                                 ).content.decode()
     assert "<strong>its updated_at and completed_at included</strong>" in html
     row = record_tr(html, record.pk)
-    assert re.search(r"updated_at back to \d{4}-\d\d-\d\d \d\d:\d\d UTC \(idle 1d11h\)", text_of(row))
+    assert re.search(r"updated_at back to \d{4}-\d\d-\d\d \d\d:\d\d UTC \(idle 1d1[01]h\)", text_of(row))
     assert "stuck again: the next run repairs it again" in row
     act(operator_client, RECORDS_URL, "undo_selected", [record], post="yes")
     page = operator_client.get(page_url).content.decode()
-    assert "Stuck (idle 1d11h, over 3h)" in page and "gen-stalled" in page
+    assert re.search(r"Stuck \(idle 1d1[01]h, over 3h\)", page) and "gen-stalled" in page
 
 
 # --- Select all N matching (Django's select-across) ---------------------------------------------------
