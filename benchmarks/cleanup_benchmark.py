@@ -40,7 +40,7 @@ from benchmarks import dataset, reference  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 STUCK_AFTER = LOCK_TTL = timedelta(hours=3)  # the settings' defaults, which the command uses
-BATCH_SIZE = 500  # CLEANUP_BATCH_SIZE's default, for the EXPLAIN of a page
+BATCH_SIZE = 2000  # CLEANUP_BATCH_SIZE's default, for the EXPLAIN of a page
 SECRET_KEY = "benchmark-only-not-a-secret"  # noqa: S105 (the processes refuse to start without one)
 # Each process's stdout and event log (stderr), as cron would keep them; the last run of each kind stays.
 WORK_DIR = Path(tempfile.mkdtemp(prefix="butter_bench_"))

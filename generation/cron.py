@@ -20,7 +20,7 @@ from . import monitoring, services
 from .conf import job_settings
 from .db import ConnectionLost, database_name, one_line
 from .models import Trigger
-from .report import format_summary
+from .report import format_summary, format_totals
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def run_cleanup():
         run.finished(report)
     lines = format_summary(report)
     level = logging.WARNING if report.errors else logging.INFO
-    logger.log(level, "cron_summary", extra={"fields": {"run_id": report.run_id, "summary": lines[0]}})
+    logger.log(level, "cron_summary", extra={"fields": {"run_id": report.run_id, "summary": format_totals(report)}})
     _append(job.log_file, lines)
     return report
 

@@ -66,19 +66,27 @@ def _milliseconds(value: timedelta | None) -> str:
     return f"{int(value.total_seconds() * 1000) if value else 0}ms"
 
 
-def bound_waits(lock_timeout: timedelta | None, statement_timeout: timedelta | None):
-    """Transaction-local timeouts (PostgreSQL), so one page never hangs the run."""
-    if connection.vendor != "postgresql" or not (lock_timeout or statement_timeout):
+def bound_waits(lock_timeout: timedelta | None, statement_timeout: timedelta | None, *, flush: bool = True):
+    """Transaction-local settings (PostgreSQL): timeouts, so one page never hangs the run; and, with flush=False,
+    a commit that does not wait for the WAL to reach the disk (synchronous_commit = off)."""
+    if connection.vendor != "postgresql" or not (lock_timeout or statement_timeout or not flush):
         return
     with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                       [_milliseconds(lock_timeout), _milliseconds(statement_timeout)])
+        cursor.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true), "
+                       "set_config('synchronous_commit', %s, true)",
+                       [_milliseconds(lock_timeout), _milliseconds(statement_timeout), "on" if flush else "off"])
 
 
 @contextmanager
-def bounded_transaction(lock_timeout: timedelta | None = None, statement_timeout: timedelta | None = None):
+def bounded_transaction(lock_timeout: timedelta | None = None, statement_timeout: timedelta | None = None, *,
+                        flush: bool = True):
     """One transaction under the given timeouts. A DatabaseError that leaves the connection usable propagates
     as it is (the caller reports it and goes on); one that lost the connection becomes ConnectionLost.
+
+    flush=False commits without waiting for the disk (the engine's pages: a page's rows and records are one
+    transaction, so a crash of the server can only lose whole pages, which the next run redoes; the run row,
+    closed last with a normal commit, makes every page before it durable). A page of 2,000 batches waited
+    ~17 ms for its commit: a second of a 100,000-batch backlog's run.
 
     When the commit or rollback fails on a dead connection, atomic() closes it and Django silently opens a
     new one on the next query: that session holds none of this one's locks (the run's advisory lock), so
@@ -88,7 +96,7 @@ def bounded_transaction(lock_timeout: timedelta | None = None, statement_timeout
     session = connection.connection
     try:
         with transaction.atomic():
-            bound_waits(lock_timeout, statement_timeout)
+            bound_waits(lock_timeout, statement_timeout, flush=flush)
             yield
     except DatabaseError as exc:
         if lost(session):

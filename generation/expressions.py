@@ -60,7 +60,11 @@ class AnyOf(Lookup):
 
     def as_sql(self, compiler, connection):
         lhs, lhs_params = self.process_lhs(compiler, connection)
-        return f"{lhs} = ANY(%s)", [*lhs_params, list(self.rhs)]
+        values = list(self.rhs)
+        if values and all(type(value) is int for value in values):
+            # an id list as one array literal: psycopg dumps a list element by element, ~4 ms per page of 2,000
+            return f"{lhs} = ANY(%s::bigint[])", [*lhs_params, "{" + ",".join(map(str, values)) + "}"]
+        return f"{lhs} = ANY(%s)", [*lhs_params, values]
 
     def as_sqlite(self, compiler, connection):
         lhs, lhs_params = self.process_lhs(compiler, connection)
@@ -101,6 +105,34 @@ class IsoTime(Func):
     def as_sqlite(self, compiler, connection, **extra_context):
         return self.as_sql(compiler, connection, template="(REPLACE(%(expressions)s, ' ', 'T') || '+00:00')",
                            **extra_context)
+
+
+class CompiledOnce(Func):
+    """An expression whose SQL is built once and then reused. A pass sends the same select and the same
+    UPDATEs for each of its pages, only the page's ids change; building the select's CASEs cost ~6 ms a page,
+    each UPDATE's ~2 ms: most of the Python time of a page of 2,000 batches besides the rows themselves. Only
+    for expressions over the columns of one table (their SQL does not depend on the query they are in)."""
+
+    template = "%(expressions)s"
+
+    def __init__(self, expression):
+        super().__init__(expression)
+        self._resolved = None
+        self._compiled = {}
+
+    def resolve_expression(self, *args, **kwargs):
+        # the same resolved copy for every query: the UPDATEs of a pass resolve their values each time
+        if self._resolved is None:
+            self._resolved = super().resolve_expression(*args, **kwargs)
+            self._resolved._compiled = self._compiled
+        return self._resolved
+
+    def as_sql(self, compiler, connection, **extra_context):
+        if connection.vendor not in self._compiled:
+            sql, params = compiler.compile(self.source_expressions[0])
+            self._compiled[connection.vendor] = (sql, tuple(params))
+        sql, params = self._compiled[connection.vendor]
+        return sql, list(params)
 
 
 def _since(clock, field: str) -> ExpressionWrapper:

@@ -31,7 +31,7 @@ from .conf import MonitoringSettings, job_settings, monitoring_settings
 from .db import one_line
 from .metrics import FAILED, PREFIX, RunTimes, gauge, registry_of, run_history_families, schedule_interval
 from .models import Outcome
-from .report import format_summary
+from .report import format_totals
 from .results import CleanupReport
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class JobRun:
 
     @property
     def summary(self) -> str:
-        return format_summary(self.report, verbosity=0)[0] if self.report is not None else self.failure or ""
+        return format_totals(self.report) if self.report is not None else self.failure or ""
 
 
 @contextmanager

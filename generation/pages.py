@@ -24,13 +24,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from django.db import DatabaseError
+from django.db.models import Value
+from django.db.models.lookups import Exact
 
 from . import expressions as ex
 from . import rules
 from .logging import log_events
 from .models import GenerationLock, GenerationStatus, RecordKind, RecordRule
 from .results import CleanupReport, LockDetail, LockTotals, StatusDetail, StatusTotals, keep
-from .rules import COUNTER_FIELDS, Rule
+from .rules import COUNTER_FIELDS, FINISHING, Rule
 from .runlog import Record, save_records
 
 logger = logging.getLogger("generation.services")
@@ -43,6 +45,8 @@ STATUS_ROW = ("id", "account_id", "content_type", "lock_id", "status", *COUNTER_
 
 LOCK_ROW = ("id", "lock_id", "account_id", "content_type", "locked_at", "expired_now", "held", "batch_id",
             "batch_status", "batch_idle", "snapshot")
+# A lock released with its batch, as the page selects it (the batch's id and rule are added from the page)
+RELEASED_LOCK = ("id", "lock_id", "account_id", "content_type", "locked_at", "held")
 
 
 class PageChanged(DatabaseError):
@@ -61,25 +65,29 @@ class StatusPass:
     selected: bool  # hand-picked ids: a row the pass does not judge is "left alone", not "moved on"
     rows: object  # the annotated select, without the page's ids
     updates: dict  # rule -> (the rows still of that verdict, the writes)
+    clock: object  # the pass's clock (ex.pass_clock): how long a released lock was held
 
 
 def status_pass(judgement: ex.Judgement, applies, *, reports: bool, selected: bool, clock) -> StatusPass:
+    once = ex.CompiledOnce
     rows = GenerationStatus.objects.order_by("id").annotate(
-        verdict=judgement.verdict(),
-        after_queued=judgement.after("total_queued"),
-        after_processing=judgement.after("total_processing"),
-        after_failed=judgement.after("total_failed"),
-        after_status=judgement.after("status"),
+        verdict=once(judgement.verdict()),
+        after_queued=once(judgement.after("total_queued")),
+        after_processing=once(judgement.after("total_processing")),
+        after_failed=once(judgement.after("total_failed")),
+        after_status=once(judgement.after("status")),
         idle=ex.idle(clock),
-        before=ex.status_snapshot(),
-        after=ex.status_snapshot_after(judgement, clock),
+        before=once(ex.status_snapshot()),
+        after=once(ex.status_snapshot_after(judgement, clock)),
     ).values_list(*STATUS_ROW)
     updates = {
-        rule: (GenerationStatus.objects.filter(judgement.of(rule)),
-               {**ex.WRITES[rule], "updated_at": clock, **({"completed_at": clock} if rule in rules.FINISHING else {})})
+        rule: (GenerationStatus.objects.filter(Exact(once(judgement.verdict()), Value(str(rule)))),
+               {name: once(value) for name, value in {
+                   **ex.WRITES[rule], "updated_at": clock,
+                   **({"completed_at": clock} if rule in rules.FINISHING else {})}.items()})
         for rule in applies
     }
-    return StatusPass(judgement, frozenset(applies), reports, selected, rows, updates)
+    return StatusPass(judgement, frozenset(applies), reports, selected, rows, updates, clock)
 
 
 @dataclass(frozen=True)
@@ -125,8 +133,13 @@ class Page:
     rows: list = field(default_factory=list)  # the batches the report shows (not those that moved on)
     left_alone: set = field(default_factory=set)  # ids of the selected batches the pass did not judge
     released: dict = field(default_factory=dict)  # lock_id -> the batch it went with (dry run: would go)
+    released_rows: list = field(default_factory=list)  # each: RELEASED_LOCK's values, the batch's id and rule
+    # id -> rule of the batches repaired here but left in progress with a lock id (counter_overflow): the lock
+    # pass may meet their lock, and its line says the run repaired them
+    repaired_unfinished: dict = field(default_factory=dict)
     lock_rows: list = field(default_factory=list)
     lock_rule: str = RecordRule.EXPIRED_LOCK
+    batches_repaired: dict = field(default_factory=dict)  # a lock page's: what this run's status pass repaired
     applied: bool = False
 
     def status_details(self) -> Details:
@@ -134,7 +147,12 @@ class Page:
                                                             left_alone=row[ID] in self.left_alone))
 
     def lock_details(self) -> Details:
-        return Details(self.lock_rows, lambda row: lock_detail(row, applied=self.applied, rule=self.lock_rule))
+        return Details(self.lock_rows, lambda row: lock_detail(row, applied=self.applied, rule=self.lock_rule,
+                                                               repaired=self.batches_repaired))
+
+    def released_details(self) -> Details:
+        """The locks released with this page's batches, each naming its batch and the rule that finished it."""
+        return Details(self.released_rows, lambda row: released_detail(row, applied=self.applied))
 
     def merge_into(self, report: CleanupReport):
         s, r = self.statuses, report.statuses
@@ -164,11 +182,20 @@ def status_detail(row, *, applied: bool, left_alone: bool) -> StatusDetail:
                         applied and repairs, left_alone)
 
 
-def lock_detail(row, *, applied: bool, rule=RecordRule.EXPIRED_LOCK) -> LockDetail:
+def lock_detail(row, *, applied: bool, rule=RecordRule.EXPIRED_LOCK, repaired=None) -> LockDetail:
+    """`repaired`: id -> rule of the batches this run repaired, so a lock line says so of its batch."""
     pk, lock_id, account_id, content_type, locked_at, _expired, held, batch_id, batch_status, batch_idle, _ = row
     return LockDetail(id=pk, lock_id=lock_id, account_id=account_id, content_type=content_type,
                       locked_at=locked_at, age_s=seconds(held), rule=str(rule), batch_id=batch_id,
-                      batch_status=batch_status, batch_idle_s=seconds(batch_idle), applied=applied)
+                      batch_status=batch_status, batch_idle_s=seconds(batch_idle),
+                      batch_repaired=(repaired or {}).get(batch_id), applied=applied)
+
+
+def released_detail(row, *, applied: bool) -> LockDetail:
+    pk, lock_id, account_id, content_type, locked_at, held, batch_id, batch_rule = row
+    return LockDetail(id=pk, lock_id=lock_id, account_id=account_id, content_type=content_type,
+                      locked_at=locked_at, age_s=seconds(held), rule=RecordRule.RELEASED_WITH_BATCH.value,
+                      batch_id=batch_id, batch_repaired=str(batch_rule), applied=applied)
 
 
 def _counters(row) -> str:
@@ -186,14 +213,16 @@ def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor) -> P
     rows = list(rows if dry_run else rows.select_for_update(skip_locked=True, of=("self",)))
     totals.skipped_busy = len(ids) - len(rows)
     to_write = defaultdict(list)  # rule -> ids
-    finished_locks = {}  # lock_id -> id of the batch this page finishes
+    repaired = []  # the rows the page writes
+    finished_locks = {}  # lock_id -> (id, rule) of the batch this page finishes
     for row in rows:
         verdict = row[VERDICT]
         if verdict in status_pass.applies:
             to_write[verdict].append(row[ID])
-            totals.by_rule[Rule(verdict)] += 1
-            if verdict in rules.FINISHING and row[LOCK_ID]:
-                finished_locks[row[LOCK_ID]] = row[ID]
+            repaired.append(row)
+            totals.by_rule[verdict] += 1  # a Rule is its str: the Counter finds it under either
+            if verdict in FINISHING and row[LOCK_ID]:
+                finished_locks[row[LOCK_ID]] = (row[ID], verdict)
         elif verdict == Rule.CORRUPT and status_pass.reports:
             totals.corrupt += 1
             page.errors.append(f"batch #{row[ID]} has corrupt counters ({rules.COUNTERS_LABEL} {_counters(row)}); "
@@ -212,12 +241,16 @@ def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor) -> P
         page.rows.append(row)
     if dry_run:
         if finished_locks:
-            page.released = {lock_id: finished_locks[lock_id] for lock_id in GenerationLock.objects.filter(
-                ex.any_of("lock_id", finished_locks)).values_list("lock_id", flat=True)}
+            page.released_rows = [(*lock, *finished_locks[lock[1]]) for lock in _finished_batches_locks(
+                finished_locks, status_pass).values_list(*RELEASED_LOCK)]
     elif to_write:
         _write(to_write, status_pass)
-        page.released = _release_and_record(rows, to_write, finished_locks, run, actor)
+        page.released_rows = _release_and_record(repaired, finished_locks, status_pass, run, actor)
         page.applied = True
+    page.released_rows.sort(key=lambda row: row[6])  # in the order of their batches' lines
+    page.released = {row[1]: row[6] for row in page.released_rows}
+    page.repaired_unfinished = {row[ID]: row[VERDICT] for row in repaired
+                                if row[LOCK_ID] and row[VERDICT] not in FINISHING}
     totals.locks_released = len(page.released)
     _log_status_page(page, dry_run)
     return page
@@ -232,25 +265,31 @@ def _write(to_write: dict, status_pass: StatusPass):
             raise PageChanged(f"{len(ids) - written} of {len(ids)} {rule} batches changed during the page")
 
 
-def _release_and_record(rows, to_write: dict, finished_locks: dict, run, actor) -> dict:
+def _finished_batches_locks(finished_locks: dict, status_pass: StatusPass):
+    return GenerationLock.objects.filter(ex.any_of("lock_id", finished_locks)).annotate(
+        held=ex.held(status_pass.clock))
+
+
+def _release_and_record(repaired, finished_locks: dict, status_pass: StatusPass, run, actor) -> list:
     """Delete the finished batches' locks and record every change of the page (one COPY); returns the released
-    lock ids, each with its batch."""
-    actor_id = actor.pk if actor else None
-    written = {batch_id for ids in to_write.values() for batch_id in ids}
-    records = [Record(run.pk, RecordKind.STATUS.value, row[ID], row[ACCOUNT], row[TYPE], row[VERDICT], row[BEFORE],
-                      row[AFTER], actor_id) for row in rows if row[ID] in written]
-    released, events = {}, []
+    locks (RELEASED_LOCK's values, then their batch's id and rule)."""
+    run_id, kind, actor_id = run.pk, RecordKind.STATUS.value, actor.pk if actor else None
+    records = [Record(run_id, kind, row[ID], row[ACCOUNT], row[TYPE], row[VERDICT], row[BEFORE], row[AFTER], actor_id)
+               for row in repaired]
+    released, events = [], []
     if finished_locks:
         # not SKIP LOCKED: the lock must go with its batch; a lock held by another transaction waits up to
         # lock_timeout, after which the whole page is rolled back and left for the next run
-        locks = list(GenerationLock.objects.filter(ex.any_of("lock_id", finished_locks)).select_for_update()
-                     .values_list("id", "lock_id", "account_id", "content_type", ex.lock_snapshot()))
+        locks = list(_finished_batches_locks(finished_locks, status_pass).select_for_update()
+                     .values_list(*RELEASED_LOCK, ex.lock_snapshot()))
         GenerationLock.objects.filter(ex.any_of("id", [lock[0] for lock in locks])).delete()
-        for lock_pk, lock_id, account_id, content_type, snapshot in locks:
-            released[lock_id] = finished_locks[lock_id]
+        for *lock, snapshot in locks:
+            lock_pk, lock_id, account_id, content_type, _locked_at, _held = lock
+            batch_id, _rule = finished_locks[lock_id]
+            released.append((*lock, *finished_locks[lock_id]))
             records.append(Record(run.pk, RecordKind.LOCK.value, lock_pk, account_id, content_type,
                                   RecordRule.RELEASED_WITH_BATCH.value, snapshot, None, actor_id))
-            events.append(("lock_released", {"lock_id": lock_id, "lock_pk": lock_pk, "batch_id": released[lock_id],
+            events.append(("lock_released", {"lock_id": lock_id, "lock_pk": lock_pk, "batch_id": batch_id,
                                               "account_id": account_id, "content_type": content_type}))
     save_records(records)
     log_events(logger, logging.INFO, events)
@@ -258,34 +297,42 @@ def _release_and_record(rows, to_write: dict, finished_locks: dict, run, actor) 
 
 
 def _log_status_page(page: Page, dry_run: bool):
-    """One event line per batch (repair, stalled, corrupt, left_alone), written as one log record per level."""
-    info, errors = [], []
-    for row in page.rows:
-        verdict = row[VERDICT]
-        fields = {"dry_run": dry_run, "id": row[ID], "account_id": row[ACCOUNT], "content_type": row[TYPE],
-                  "rule": verdict, "status": row[STATUS], "idle_s": seconds(row[IDLE]), "counters": _counters(row)}
-        if row[ID] in page.left_alone:
-            info.append(("left_alone", fields))
-        elif verdict in rules.REPAIRS:
-            fields["status_after"] = row[AFTER_STATUS]
-            fields["counters_after"] = f"{row[T]}/{row[AFTER_Q]}/{row[AFTER_P]}/{row[C]}/{row[AFTER_F]}"
-            info.append(("repair", fields))
-        elif verdict == Rule.CORRUPT:
-            errors.append(("corrupt", fields))
-        else:
-            info.append(("stalled", fields))
-    log_events(logger, logging.INFO, info)
-    log_events(logger, logging.ERROR, errors)
+    """One event line per batch (repair, stalled, corrupt, left_alone), as one record per level. The lines are
+    built on the event writer's thread, while this one waits for the database (logging.log_events)."""
+    rows, left_alone = list(page.rows), frozenset(page.left_alone)
+
+    def events(wanted):
+        made = []
+        for row in rows:
+            verdict = row[VERDICT]
+            if row[ID] in left_alone:
+                event = "left_alone"
+            elif verdict in rules.REPAIRS:
+                event = "repair"
+            else:
+                event = "corrupt" if verdict == Rule.CORRUPT else "stalled"
+            if (event == "corrupt") != wanted:
+                continue
+            fields = {"dry_run": dry_run, "id": row[ID], "account_id": row[ACCOUNT], "content_type": row[TYPE],
+                      "rule": verdict, "status": row[STATUS], "idle_s": seconds(row[IDLE]), "counters": _counters(row)}
+            if event == "repair":
+                fields["status_after"] = row[AFTER_STATUS]
+                fields["counters_after"] = f"{row[T]}/{row[AFTER_Q]}/{row[AFTER_P]}/{row[C]}/{row[AFTER_F]}"
+            made.append((event, fields))
+        return made
+
+    log_events(logger, logging.INFO, lambda: events(False))
+    log_events(logger, logging.ERROR, lambda: events(True))
 
 
 # --- A page of locks ---------------------------------------------------------------------------------
 
 
-def lock_page(ids, lock_pass: LockPass, *, dry_run: bool, run, actor, released=frozenset()) -> Page:
+def lock_page(ids, lock_pass: LockPass, *, dry_run: bool, run, actor, released=frozenset(), repaired=None) -> Page:
     """Delete one page of locks (inside its transaction), recording each with the batch that refers to it.
     `released`: a dry run's locks already counted as released with their batches (a real run deleted them in
-    its status pass)."""
-    page = Page(lock_rule=lock_pass.rule)
+    its status pass); `repaired`: id -> rule of the batches the run's status pass repaired (or would)."""
+    page = Page(lock_rule=lock_pass.rule, batches_repaired=repaired or {})
     rows = lock_pass.rows.filter(ex.any_of("id", ids))
     rows = list(rows if dry_run else rows.select_for_update(skip_locked=True, of=("self",)))
     page.locks.skipped_busy = len(ids) - len(rows)
@@ -301,6 +348,6 @@ def lock_page(ids, lock_pass: LockPass, *, dry_run: bool, run, actor, released=f
                              actor_id) for row in page.lock_rows])
         page.applied = True
     event = "lock_expired" if lock_pass.rule == RecordRule.EXPIRED_LOCK else "lock_released"
-    log_events(logger, logging.INFO, [(event, {"dry_run": dry_run, **detail.as_dict()})
-                                      for detail in page.lock_details()])
+    details = page.lock_details()
+    log_events(logger, logging.INFO, lambda: [(event, {"dry_run": dry_run, **detail.as_dict()}) for detail in details])
     return page

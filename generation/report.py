@@ -10,7 +10,8 @@ from django.contrib import messages
 from django.utils.translation import ngettext
 
 from . import rules
-from .models import RecordKind
+from .logging import EventLog
+from .models import RecordKind, RecordRule
 from .results import CleanupReport, LockDetail, StatusDetail
 from .rules import COUNTERS_LABEL, counters_text
 
@@ -52,24 +53,42 @@ def format_status_line(detail: StatusDetail) -> str:
 
 
 def format_lock_line(detail: LockDetail) -> str:
-    verb = "removed" if detail.applied else "would remove"
+    """An expired lock removed, or a lock released with its batch, and the batch that refers to it."""
+    if detail.rule == RecordRule.RELEASED_WITH_BATCH:
+        verb = "released" if detail.applied else "would release"
+    else:
+        verb = "removed" if detail.applied else "would remove"
     line = (f"  {verb} lock #{detail.id} {detail.lock_id} account {detail.account_id} {detail.content_type}, "
             f"held {format_duration(detail.age_s)}")
     if detail.batch_id is None:
         return line + "; no batch refers to it"
+    if detail.batch_repaired:
+        # its status and age are what the repair just wrote ("processing, last moved 0s ago"): say why
+        repaired = "repaired" if detail.applied else "would be repaired"
+        return line + f"; batch #{detail.batch_id} {repaired} by this run ({detail.batch_repaired})"
     moved = f"last moved {format_duration(detail.batch_idle_s)} ago" if detail.batch_idle_s is not None else "never moved"
     return line + f"; batch #{detail.batch_id} {detail.batch_status}, {moved}"
 
 
-def format_summary(report: CleanupReport, *, verbosity: int = 1) -> list[str]:
+def format_event_log(where: EventLog) -> str | None:
+    """The command's line saying where the event log went, when not on stderr (at a terminal)."""
+    if where.path:
+        return f"Event log: appended to {where.path} (-v 3 shows it here instead)"
+    if where.error:
+        return f"Event log: not kept, {where.error} (-v 3 shows it here instead)"
+    return None
+
+
+def format_totals(report: CleanupReport) -> str:
+    """One line: what the run examined and did, its duration, outcome and run id."""
     s, locks = report.statuses, report.locks
     if report.outcome == "skipped":
-        return [f"Skipped: {report.skipped_reason}."]
+        return f"Skipped: {report.skipped_reason}."
     would = "would repair" if report.dry_run else "repaired"
     by_rule = ", ".join(f"{rule.value} {s.by_rule[rule]}" for rule in rules.REPAIRS)
     lock_verb = "would remove" if report.dry_run else "removed"
     release_verb = "would release" if report.dry_run else "released"
-    totals = (
+    return (
         f"{'DRY RUN: ' if report.dry_run else ''}{s.examined} stuck batches examined, {would} {s.repaired} "
         f"({by_rule}), stalled {s.stalled}, corrupt {s.corrupt}, skipped busy {s.skipped_busy + locks.skipped_busy}; "
         f"{locks.expired} expired locks, {lock_verb} {locks.expired if report.dry_run else locks.removed}; "
@@ -77,16 +96,21 @@ def format_summary(report: CleanupReport, *, verbosity: int = 1) -> list[str]:
         f"{report.duration_s:.2f}s, outcome {report.outcome}"
         + (f", run #{report.run_id}" if report.run_id else "")
     )
-    if verbosity == 0:
-        return [totals]
-    lines = [totals]
-    if s.moved_on:
-        lines.append(f"{s.moved_on} batches moved on before they could be repaired (a worker got there first).")
-    if s.details_truncated or locks.details_truncated:
-        lines.append(f"(details of the first {len(s.details)} batches and {len(locks.details)} locks kept in the report)")
-    for error in report.errors:
-        lines.append(f"ERROR: {error}")
-    return lines
+
+
+def format_summary(report: CleanupReport, *, verbosity: int = 1) -> list[str]:
+    """The report's closing lines: notes and errors first, the totals line last, where the eye lands at a
+    terminal and what `tail -n 1` of the cron log shows. -v 0: the totals line only."""
+    s, locks = report.statuses, report.locks
+    lines = []
+    if verbosity >= 1 and report.outcome != "skipped":
+        if s.moved_on:
+            lines.append(f"{s.moved_on} batches moved on before they could be repaired (a worker got there first).")
+        if s.details_truncated or locks.details_truncated:
+            lines.append(f"(details of the first {len(s.details)} batches and {len(locks.details)} locks kept in "
+                         "the report)")
+        lines += [f"ERROR: {error}" for error in report.errors]
+    return [*lines, format_totals(report)]
 
 
 # --- Undo -------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ class LockDetail:
     batch_id: int | None = None
     batch_status: str | None = None
     batch_idle_s: float | None = None
+    batch_repaired: str | None = None  # the rule by which this run repaired (or would repair) the batch
     applied: bool = False
 
     def as_dict(self):

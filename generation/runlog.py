@@ -15,6 +15,7 @@ from django.db.models.functions import Now
 from psycopg import sql
 
 from .db import ConnectionLost, one_line
+from .logging import drain
 from .models import CleanupRun, RepairRecord, RunKind, Trigger
 from .rules import Rule
 
@@ -86,6 +87,7 @@ def recorded(report, run: CleanupRun | None, *, finish=finish_run):
                 finish(run, report)
             except DatabaseError:
                 pass  # connection lost: the run row keeps an empty outcome, which the health page shows
+        drain()  # the run's event lines are all written when its entry point returns
 
 
 class Record(NamedTuple):

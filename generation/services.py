@@ -41,6 +41,7 @@ from . import expressions as ex
 from . import rules
 from .conf import JobSettings
 from .db import ConnectionLost, bounded_transaction, database_now, keyset_pages, one_line, single_run
+from .logging import drain, log_event
 from .models import GenerationLock, GenerationStatus, RecordRule, Trigger
 from .pages import Page, lock_page, lock_pass, status_page, status_pass
 from .results import CleanupReport
@@ -86,14 +87,14 @@ def _pages(report, totals, what, job: JobSettings, candidates):
 def _failed(report, totals, message, what, exc):
     totals.failed_batches += 1
     report.error(message)
-    logger.warning("page_failed", extra={"fields": {"what": what, "error": one_line(exc)}})
+    log_event(logger, logging.WARNING, "page_failed", {"what": what, "error": one_line(exc)})
 
 
 def _run_page(report, totals, what, job: JobSettings, work) -> Page | None:
     """One page = one transaction. A page that fails is rolled back, reported and left for the next run;
     the run goes on, unless the connection itself is gone (ConnectionLost)."""
     try:
-        with bounded_transaction(job.lock_timeout, job.statement_timeout):
+        with bounded_transaction(job.lock_timeout, job.statement_timeout, flush=False):
             page = work()
     except ConnectionLost:
         raise
@@ -121,7 +122,7 @@ def _report_anomalies(report: CleanupReport, *, accounts=None, content_types=Non
         if count > len(named):
             report.error(f"{count - len(named)} more batches like these ({kind}); not changed")
         if count:
-            logger.error(kind, extra={"fields": {"count": count, "ids": [batch_id for batch_id, _ in named]}})
+            log_event(logger, logging.ERROR, kind, {"count": count, "ids": [batch_id for batch_id, _ in named]})
 
 
 def _scoped(queryset, accounts, content_types):
@@ -151,9 +152,10 @@ def cleanup(*, job: JobSettings, dry_run: bool = False, accounts: list[int] | No
             actor=None, on_page=None) -> CleanupReport:
     """Repair stuck batches and delete expired locks: the scheduled job.
 
-    `only` is None, "statuses" or "locks". `on_page(kind, details)` is called after each page (kind
-    "statuses" or "locks", the page's details) for progress output. Raises ConnectionLost if the database
-    connection is lost; the pages committed before that stay committed and recorded.
+    `only` is None, "statuses" or "locks". `on_page(kind, details)` is called after each page for progress
+    output: kind "statuses" or "locks" with the page's details, and after a page of batches that released
+    locks with them, "released" with those locks' details. Raises ConnectionLost if the database connection
+    is lost; the pages committed before that stay committed and recorded.
     """
     report = CleanupReport(trigger=trigger, dry_run=dry_run, now=database_now(), stuck_after=job.stuck_after,
                            lock_ttl=job.lock_ttl, fail_stalled_after=job.fail_stalled_after,
@@ -168,25 +170,29 @@ def cleanup(*, job: JobSettings, dry_run: bool = False, accounts: list[int] | No
             run = start_run(**run_fields)
             report.run_id = run.pk
             finish_run(run, report)
-            logger.info("run_skipped", extra={"fields": {"run_id": run.pk, "reason": report.skipped_reason}})
+            log_event(logger, logging.INFO, "run_skipped", {"run_id": run.pk, "reason": report.skipped_reason})
             return report
         run = None if dry_run else start_run(**run_fields)
         report.run_id = run.pk if run else None
-        logger.info("run_started", extra={"fields": {
+        log_event(logger, logging.INFO, "run_started", {
             "run_id": report.run_id, "trigger": trigger, "dry_run": dry_run, **report.cutoff_fields(),
-            "batch_size": job.batch_size, **filters}})
+            "batch_size": job.batch_size, **filters})
         with recorded(report, run):
-            released = set()
+            released, repaired = set(), {}
             if only in (None, "statuses"):
-                released = _status_pass(report, job, run, actor, accounts, content_types, on_page)
+                released, repaired = _status_pass(report, job, run, actor, accounts, content_types, on_page)
             if only in (None, "locks"):
-                _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page, released)
-    logger.info("run_finished", extra={"fields": report.summary_fields()})
+                _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page, released, repaired)
+    log_event(logger, logging.INFO, "run_finished", report.summary_fields())
+    drain()
     return report
 
 
-def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> set:
-    """Repair the stuck batches; returns the lock ids released with them (a dry run's: would be)."""
+def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> tuple[set, dict]:
+    """Repair the stuck batches. Returns, for the lock pass: in a dry run, the lock ids it would release with
+    the batches, so that the lock pass does not count them again (a real run has deleted them; it keeps none);
+    and id -> rule of the batches repaired but left in progress with their lock, for the lock pass's lines
+    (ids, not rows: a backlog's worth stays small)."""
     try:
         with bounded_transaction(job.lock_timeout, job.statement_timeout):
             _report_anomalies(report, accounts=accounts, content_types=content_types)
@@ -198,24 +204,28 @@ def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> s
     judged = status_pass(ex.Judgement(cutoffs=report.cutoffs, fail_stalled=report.fail_cutoffs), rules.REPAIRS,
                          reports=True, selected=False, clock=ex.pass_clock(connection))
     candidates = stuck_candidates(cutoffs=report.cutoffs, accounts=accounts, content_types=content_types)
-    released = set()
+    released, repaired = set(), {}
     for ids in _pages(report, report.statuses, "status pages", job, candidates):
         page = _run_page(report, report.statuses, f"status page #{ids[0]}..#{ids[-1]}", job, lambda ids=ids: (
             status_page(ids, judged, dry_run=report.dry_run, run=run, actor=actor)))
         if page:
-            released.update(page.released)
+            repaired.update(page.repaired_unfinished)
+            if report.dry_run:
+                released.update(page.released)
         if on_page:
             on_page("statuses", page.status_details() if page else [])
-    return released
+            if page and page.released_rows:
+                on_page("released", page.released_details())
+    return released, repaired
 
 
-def _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page, released):
+def _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page, released, repaired):
     candidates = expired_lock_candidates(cutoffs=report.lock_cutoffs, accounts=accounts, content_types=content_types)
     judged = lock_pass(cutoffs=report.lock_cutoffs, rule=RecordRule.EXPIRED_LOCK, clock=ex.pass_clock(connection))
     for ids in _pages(report, report.locks, "lock pages", job, candidates):
         page = _run_page(report, report.locks, f"lock page #{ids[0]}..#{ids[-1]}", job, lambda ids=ids: (
             lock_page(ids, judged, dry_run=report.dry_run, run=run, actor=actor,
-                      released=released if report.dry_run else frozenset())))
+                      released=released, repaired=repaired)))
         if on_page:
             on_page("locks", page.lock_details() if page else [])
 

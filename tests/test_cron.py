@@ -325,8 +325,9 @@ def test_corrupt_rows_make_the_logged_run_an_error_run(settings, tmp_path):
     cron.run_cleanup()
     assert CleanupRun.objects.get().outcome == "errors"
     lines = Path(settings.CLEANUP_LOG_FILE).read_text().splitlines()
-    assert lines[0].endswith(f"outcome errors, run #{CleanupRun.objects.get().pk}")
-    assert lines[1].endswith(f"cron ERROR: batch #{batch.pk} has corrupt counters (T/Q/P/C/F 3/0/-1/2/0); not changed")
+    # the errors, then the totals line last: `tail -n 1` of the log is the last run's totals
+    assert lines[0].endswith(f"cron ERROR: batch #{batch.pk} has corrupt counters (T/Q/P/C/F 3/0/-1/2/0); not changed")
+    assert lines[1].endswith(f"outcome errors, run #{CleanupRun.objects.get().pk}")
 
 
 @pytest.mark.django_db

@@ -211,7 +211,7 @@ def test_clear_on_a_backend_database_exits_1_with_one_line_after_a_demo_was_seed
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"CommandError: refusing to clear the sqlite database {backend_sqlite}: it holds 3 generation statuses and "
+        f"refusing to clear the sqlite database {backend_sqlite}: it holds 3 generation statuses and "
         "2 generation locks that seed_demo_generation did not insert; --clear deletes only demo data (nothing was deleted)"]
     assert file_digest(backend_sqlite) == before
 

@@ -221,6 +221,10 @@ def test_command_undoes_a_run_and_refuses_a_second_time():
     assert all(counters_of(b) == Counters(4, 0, 0, 0, 0) for b in batches)
     assert GenerationLock.objects.count() == 4 and GenerationLock.objects.filter(pk=orphan.pk).exists()
 
+    code, out, error = run_undo("--run", str(run_id), "-v", "0")  # the totals line only, like the cleanup's
+    assert (code, out.splitlines(), error) == (1, ["Undo: 0 undone, 7 refused of 7 records, run #" + str(
+        CleanupRun.objects.latest("id").pk)], "7 of 7 records refused")
+
     code, out, error = run_undo("--run", str(run_id), "--json")
     assert (code, error) == (1, "7 of 7 records refused")
     result = json.loads(out)
@@ -243,8 +247,9 @@ def test_command_bad_usage_exits_2_with_one_line(args, message, tmp_path):
     result = manage("undo_repair", *args, env={"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"})
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    [line] = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert message in line
+    # argparse's errors end its usage text; the command's own is its one line (no "CommandError:")
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert "CommandError" not in result.stderr
 
 
 @pytest.mark.postgres

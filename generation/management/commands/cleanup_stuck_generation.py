@@ -1,16 +1,23 @@
 import argparse
 import json
-import logging
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import InterfaceError, OperationalError
 
 from generation import monitoring, services
 from generation.conf import job_settings, parse_fail_stalled_windows, parse_positive_int, parse_windows
 from generation.db import ConnectionLost, database_name
+from generation.logging import command_event_log
+from generation.management.base import OperatorCommand
 from generation.models import ContentType, Outcome, Trigger
-from generation.report import format_lock_line, format_status_line, format_summary, format_windows
+from generation.report import (
+    format_event_log,
+    format_lock_line,
+    format_status_line,
+    format_summary,
+    format_windows,
+)
 
 PROGRESS_BAR_MIN_PAGES = 3
 
@@ -47,11 +54,16 @@ def _content_type(text):
 
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = (
         "Repair generation batches stuck in queuing/processing (all tasks accounted for, no active tasks, "
         "counters over the total) and delete expired generation locks; stalled and corrupt batches are reported. "
-        "Meant to run from cron every 30 minutes; exits 1 when the run found errors."
+        "Meant to run from cron every 30 minutes; exits 1 when the run found errors (or cannot reach the "
+        "database), 2 on bad usage. "
+        "stdout carries the report, ending with the totals line; -v 0: the totals line only; 1 (default): also "
+        "a line per batch and lock; 2: also a line per page; 3: also the event log on stderr at a terminal. "
+        "The event log (one line per event) goes to stderr, except at a terminal, where it is appended to "
+        "CLEANUP_LOG_FILE unless -v 3 shows it."
     )
 
     def add_arguments(self, parser):
@@ -74,37 +86,24 @@ class Command(BaseCommand):
                             metavar="TYPE", help=f"Only this content type (repeatable): {', '.join(ContentType.values)}.")
         parser.add_argument("--only", choices=["statuses", "locks"], help="Only repair statuses, or only expire locks.")
         parser.add_argument("--json", action="store_true",
-                            help="Print one JSON object on stdout and nothing else (logs go to stderr).")
+                            help="Print one JSON object on stdout and nothing else (the event log goes where -v says).")
 
     def handle(self, *args, **options):
         job = job_settings().overridden(
             stuck_after=options["stuck_after"], lock_ttl=options["lock_ttl"],
             fail_stalled_after=options["fail_stalled_after"], batch_size=options["batch_size"])
         scope = {"accounts": options["accounts"], "content_types": options["content_types"], "only": options["only"]}
-        as_json, verbosity = options["json"], options["verbosity"]
-        # stdout carries the report (human or JSON); the event log goes to stderr beside it
-        _logs_to_stderr()
-        if not as_json and verbosity >= 1:
-            self.stdout.write(_start_line(job, scope, dry_run=options["dry_run"]))
-
-        progress = None
-        # heartbeat, textfile, Pushgateway (each if configured); a dry run is not the job running
-        with monitoring.job_run(enabled=not options["dry_run"]) as run:
-            try:
-                # inside the try: counting the backlog for the bar is the first query of the run
-                progress = None if as_json else self._progress_bar(job, scope)
-                on_page = None if as_json else self._page_printer(verbosity, progress)
-                report = services.cleanup(job=job, dry_run=options["dry_run"], trigger=Trigger.COMMAND,
-                                          on_page=on_page, **scope)
-            except ConnectionLost as exc:
-                raise CommandError(f"cleanup aborted: {exc}", returncode=1) from None
-            except (OperationalError, InterfaceError) as exc:
-                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise CommandError(f"cannot reach the {database_name()}: {first_line}", returncode=1) from None
-            finally:
-                if progress is not None:
-                    progress.close()
-            run.finished(report)
+        as_json, verbosity, dry_run = options["json"], options["verbosity"], options["dry_run"]
+        # A person at a terminal reads the report on stdout; the event log would say it all again beside it,
+        # so it goes to the log file (on stderr with -v 3). Cron, Kubernetes, a pipe: on stderr, as ever.
+        at_terminal = self.stdout.isatty() and sys.stderr.isatty()
+        with command_event_log(at_terminal=at_terminal, shown=verbosity >= 3, log_file=job.log_file) as event_log:
+            if not as_json and verbosity >= 1:
+                self.stdout.write(_start_line(job, scope, dry_run=dry_run))
+                if note := format_event_log(event_log):
+                    self.stdout.write(note)
+            printer = None if as_json else PagePrinter(self.stdout, verbosity)
+            report = self._run(job, scope, dry_run=dry_run, printer=printer, progress=at_terminal and not as_json)
 
         if as_json:
             self.stdout.write(json.dumps(report.as_dict(), default=str))
@@ -112,43 +111,81 @@ class Command(BaseCommand):
             for line in format_summary(report, verbosity=verbosity):
                 self.stdout.write(line)
         if report.outcome == Outcome.ERRORS:
-            # like the original job: "cleanup completed with errors"; cron and Kubernetes see exit 1
+            # like the original job: "cleanup completed with errors"; cron and Kubernetes see exit 1 and the
+            # first error; a person at a terminal has just read them all, above the totals
+            if at_terminal and not as_json and verbosity >= 1:
+                raise CommandError(f"cleanup completed with errors ({len(report.errors)} listed above)", returncode=1)
             raise CommandError(f"cleanup completed with errors: {report.errors[0]}"
                                + (f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""),
                                returncode=1)
 
-    def _progress_bar(self, job, scope):
-        """A progress bar on stderr, only for a person at a terminal facing a backlog of several pages."""
-        if not (self.stdout.isatty() and sys.stderr.isatty()) or scope["only"] == "locks":
-            return None
-        backlog = services.count_stuck(job=job, accounts=scope["accounts"], content_types=scope["content_types"])
-        if backlog <= PROGRESS_BAR_MIN_PAGES * job.batch_size:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=backlog, unit="batch", desc="stuck batches", file=sys.stderr, leave=False)
-
-    def _page_printer(self, verbosity, progress):
-        pages = {"statuses": 0, "locks": 0}
-
-        def on_page(kind, details):
-            pages[kind] += 1
-            if progress is not None and kind == "statuses":
-                progress.update(len(details))
-            if verbosity >= 1:
-                line = format_status_line if kind == "statuses" else format_lock_line
-                for detail in details:
-                    self.stdout.write(line(detail))
-            if verbosity >= 2:
-                self.stdout.write(f"  [{kind} page {pages[kind]}: {len(details)} rows]")
-
-        return on_page
+    def _run(self, job, scope, *, dry_run, printer, progress):
+        # heartbeat, textfile, Pushgateway (each if configured); a dry run is not the job running
+        with monitoring.job_run(enabled=not dry_run) as run:
+            try:
+                # inside the try: counting the backlog for the bar is the first query of the run
+                if progress and scope["only"] != "locks":
+                    printer.progress_bar(services.count_stuck(job=job, accounts=scope["accounts"],
+                                                              content_types=scope["content_types"]),
+                                         page_size=job.batch_size)
+                report = services.cleanup(job=job, dry_run=dry_run, trigger=Trigger.COMMAND, on_page=printer,
+                                          **scope)
+            except ConnectionLost as exc:
+                raise CommandError(f"cleanup aborted: {exc}", returncode=1) from None
+            except (OperationalError, InterfaceError) as exc:
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CommandError(f"cannot reach the {database_name()}: {first_line}", returncode=1) from None
+            finally:
+                if printer:
+                    printer.close()
+            run.finished(report)
+        return report
 
 
-def _logs_to_stderr():
-    for handler in logging.getLogger("generation").handlers:
-        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
-            handler.setStream(sys.stderr)
+class PagePrinter:
+    """The report's lines as the pages come (services.cleanup's on_page), under a progress bar on stderr for
+    a person at a terminal facing a backlog of several pages. While the bar is up every line goes through
+    tqdm: the bar is cleared, the lines are written where it was, and it is drawn again below them."""
+
+    def __init__(self, stdout, verbosity):
+        self.stdout, self.verbosity = stdout, verbosity
+        self.pages = {"statuses": 0, "locks": 0}
+        self.progress = None
+
+    def progress_bar(self, backlog: int, *, page_size: int):
+        if backlog > PROGRESS_BAR_MIN_PAGES * page_size:
+            from tqdm import tqdm
+
+            self.progress = tqdm(total=backlog, unit="batch", desc="stuck batches", file=sys.stderr, leave=False)
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.close()  # leave=False: the bar is erased, the report goes on below the lines
+
+    def __call__(self, kind, details):
+        if kind == "released":  # the locks a page of batches released with them, after that page's lines
+            self.write([format_lock_line(detail) for detail in details] if self.verbosity >= 1 else [])
+            return
+        self.pages[kind] += 1
+        lines = [f"  [{kind} page {self.pages[kind]}: {len(details)} rows]"] if self.verbosity >= 2 else []
+        if self.verbosity >= 1:
+            line = format_status_line if kind == "statuses" else format_lock_line
+            lines += [line(detail) for detail in details]
+        if self.progress is not None and kind == "statuses":
+            self.progress.update(len(details))
+        self.write(lines)  # the bar, drawn again below the page's lines, counts the page
+
+    def write(self, lines):
+        if not lines:
+            return
+        if self.progress is None:
+            for line in lines:
+                self.stdout.write(line)
+            return
+        with self.progress.external_write_mode(file=sys.stdout):
+            for line in lines:
+                self.stdout.write(line)
+            self.stdout.flush()
 
 
 def _start_line(job, scope, *, dry_run):

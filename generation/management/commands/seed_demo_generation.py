@@ -1,9 +1,10 @@
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from generation.conf import job_settings
 from generation.db import database_name
 from generation.demo import MIX, CannotRecord, NotDemoData, clear_demo_data, seed_demo_data
+from generation.management.base import OperatorCommand
 
 
 def _non_negative_int(text):
@@ -13,7 +14,7 @@ def _non_negative_int(text):
     return value
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = (
         "Fill the mirrored tables with a demo mix: healthy and finished batches, stuck batches for every rule "
         f"({', '.join(MIX)}), fresh and expired locks. For development and demos only."

@@ -1,12 +1,13 @@
 import argparse
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import InterfaceError, OperationalError
 
 from generation import undo
 from generation.conf import job_settings
 from generation.db import ConnectionLost
+from generation.management.base import OperatorCommand
 from generation.models import CleanupRun, Trigger
 from generation.report import format_undo_outcome, format_undo_summary
 
@@ -25,11 +26,12 @@ def _positive_id(what):
     return convert
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = (
         "Undo repairs: put a batch back to the values its RepairRecord holds as before (only if the row still "
         "holds what the repair left), take a released or expired lock back (only if its account and content type "
-        "hold no other lock). Each undo is recorded. Exits 1 if any record was refused, 2 on bad usage."
+        "hold no other lock). Each undo is recorded. Exits 1 if any record was refused, 2 on bad usage. "
+        "-v 0: the totals line only; 1 (default): a line per record (refused ones say why), then the totals."
     )
 
     def add_arguments(self, parser):
@@ -60,8 +62,9 @@ class Command(BaseCommand):
         if as_json:
             self.stdout.write(json.dumps(report.as_dict(), default=str))
         else:
-            for outcome in report.outcomes:
-                self.stdout.write(format_undo_outcome(outcome, dry_run=dry_run))
+            if options["verbosity"] >= 1:
+                for outcome in report.outcomes:
+                    self.stdout.write(format_undo_outcome(outcome, dry_run=dry_run))
             self.stdout.write(format_undo_summary(report))
         if report.refused:
             raise CommandError(f"{len(report.refused)} of {len(report.outcomes)} records refused", returncode=1)
