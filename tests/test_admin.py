@@ -1179,6 +1179,8 @@ def test_a_records_page_shows_before_and_after_in_the_tables_column_order(admin_
     fields = re.findall(r'data-field="(\w+)"', html)
     assert fields == ["updated_at", "total_requested", "total_queued", "total_processing", "total_completed",
                       "total_failed", "status", "completed_at"]
+    batch_url = reverse("admin:generation_generationstatus_change", args=[row.pk])
+    assert f'<h2>all_accounted of batch <a href="{batch_url}">#{row.pk}</a></h2>' in html  # the heading links it
     updated = re.search(r'data-field="updated_at">.*?</tr>', html, re.S).group(0)
     assert re.search(r"^\s*updated_at\s+\d{4}-\d\d-\d\d \d\d:\d\d UTC\s+\d{4}-\d\d-\d\d \d\d:\d\d UTC\s*$",
                      text_of(updated.split(">", 1)[1]))

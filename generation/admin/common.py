@@ -83,6 +83,11 @@ def change_url(noun: str, pk) -> str:
     return reverse(f"admin:generation_{_PAGES[noun]}_change", args=[pk])
 
 
+def records_url(run_id) -> str:
+    """The repair records list filtered to one run's."""
+    return reverse("admin:generation_repairrecord_changelist") + f"?run__id__exact={run_id}"
+
+
 def linked(text: str):
     """A line of text (escaped) with each `batch #12`, `record #7`, `run #5`, `lock #3` linked to its page."""
     parts, last = [], 0
@@ -218,9 +223,8 @@ def result(modeladmin, request, level, text: str, run_id):
         modeladmin.message_user(request, text, level)
         return
     run, records = result_links(run_id)
-    records_url = reverse("admin:generation_repairrecord_changelist") + f"?run__id__exact={run_id}"
     modeladmin.message_user(request, format_html('{}. <a href="{}">{}</a> · <a href="{}">{}</a>', text,
-                                                 change_url("run", run_id), run, records_url, records), level)
+                                                 change_url("run", run_id), run, records_url(run_id), records), level)
 
 
 # --- Django's admin log, mirroring the run's records -------------------------------------------

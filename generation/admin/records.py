@@ -24,6 +24,7 @@ from .common import (
     confirmation_page,
     confirmed,
     job_of,
+    linked,
     log_run,
     result,
     selection,
@@ -138,6 +139,9 @@ class RepairRecordAdmin(SelectorSearch, AccountColumns, ReadOnlyAdmin):
         extra_context = {
             **(extra_context or {}),
             "comparison": _comparison(record) if record else [],
+            # the heading names the row it changed, linked ("counter_overflow of batch #76")
+            **({"subtitle": linked(f"{record.rule} of {'batch' if record.kind == RecordKind.STATUS else 'lock'} "
+                                   f"#{record.target_id}")} if record else {}),
             "is_undo": record is not None and record.rule == RecordRule.UNDO,
             "offer_undo": offer_undo,
             "action_checkbox_name": ACTION_CHECKBOX_NAME,

@@ -2,14 +2,13 @@
 
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from .. import selectors
 from ..models import CleanupRun, RunKind
 from ..report import format_duration, format_windows, selection_text
-from .common import ReadOnlyAdmin, SelectorSearch, linked, when
+from .common import ReadOnlyAdmin, SelectorSearch, linked, records_url, when
 from .records import change_text, row_link
 
 RUN_PAGE_RECORDS = 200  # records listed on a run's page; the rest are one link away
@@ -19,10 +18,6 @@ _FIELDS = ("id", "kind", "trigger", "actor", "outcome_label", "errors", "started
 
 def _windows_label(windows) -> str:
     return format_windows(windows) if windows is not None else "-"
-
-
-def records_url(run_id) -> str:
-    return reverse("admin:generation_repairrecord_changelist") + f"?run__id__exact={run_id}"
 
 
 @admin.register(CleanupRun)
