@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.staticfiles.testing import StaticLiveServerTestCase
+from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
@@ -111,7 +112,8 @@ def history(days=30, seed=7):
 
 def wide_rows():
     """A row of each list with the widest values a large production database has (8-digit batch and record ids,
-    9-digit accounts, 6-digit run ids and counts), first in its list's order: the lists must fit with them too."""
+    9-digit accounts, 6-digit run ids and counts): the lists must fit with them too. Returns a function that takes
+    them out again."""
     now = timezone.now()
     snapshot = {"total_requested": 250, "total_queued": 120, "total_processing": 130, "total_completed": 0,
                 "total_failed": 0, "status": "processing", "completed_at": None,
@@ -129,6 +131,22 @@ def wide_rows():
     RepairRecord.objects.create(id=23_456_789, run=run, kind=RecordKind.STATUS, target_id=batch.pk,
                                 account_id=batch.account_id, content_type="slideshow", rule=RecordRule.COUNTER_OVERFLOW,
                                 before=snapshot, after={**snapshot, "total_processing": 130}, created_at=now)
+
+    def remove():
+        """Out again, so that the rest of the walk (and its pictures) has the ids a demo has: SQLite numbers new
+        rows on from the highest id it ever gave, PostgreSQL from its sequences."""
+        RepairRecord.objects.filter(run=run).delete()
+        run.delete()
+        GenerationLock.objects.filter(account_id=batch.account_id).delete()
+        batch.delete()
+        if connection.vendor == "sqlite":
+            with connection.cursor() as cursor:
+                for model in (GenerationStatus, GenerationLock, CleanupRun, RepairRecord):
+                    table = model._meta.db_table
+                    cursor.execute(f"UPDATE sqlite_sequence SET seq = (SELECT max(id) FROM {table}) "  # noqa: S608
+                                   "WHERE name = %s", [table])
+
+    return remove
 
 
 def _status_record(rng, run, rule, at):
@@ -239,7 +257,7 @@ class AdminInChromium(StaticLiveServerTestCase):
         self.browser.set_window_size(WIDTH, HEIGHT)
         seed_demo_data(count=120, seed=42, lock_ttl=Windows(timedelta(hours=3)))
         history()
-        wide_rows()
+        remove_wide_rows = wide_rows()
         operator()
 
         # log in through the form, as a person would
@@ -247,6 +265,8 @@ class AdminInChromium(StaticLiveServerTestCase):
         self.find("#id_username").send_keys("operator")
         self.find("#id_password").send_keys("operator-pw")
         self.click("input[type=submit]", then="#generation-health-module")
+        self.the_lists_fit_with_the_widest_values()
+        remove_wide_rows()
         self.the_index()
         picked = self.the_statuses_list()
         run_id = self.force_repair(picked)
@@ -258,7 +278,15 @@ class AdminInChromium(StaticLiveServerTestCase):
         self.all_matching()
         assert self.taken == set(PICTURES)
 
+    def the_lists_fit_with_the_widest_values(self):
+        for path, wide in (("generationstatus/", "12345678"), ("generationlock/", "123456789"),
+                           ("cleanuprun/", "123456"), ("repairrecord/", "23456789")):
+            self.open(f"/admin/generation/{path}", ready="#result_list")
+            assert wide in self.find("#result_list").text, path
+            self.fits()
+
     def the_index(self):
+        self.open("/admin/", ready="#generation-health-module")
         header = self.find("#site-name").text
         assert header == "butter_admin: generation cleanup"
         assert "VIEW SITE" not in self.find("#user-tools").text.upper()
@@ -272,7 +300,6 @@ class AdminInChromium(StaticLiveServerTestCase):
 
     def the_statuses_list(self) -> dict:
         self.open("/admin/generation/generationstatus/", ready="#result_list")
-        assert self.find("#result_list th.field-id a").text == "12345678"  # the widest row first
         self.fits()
         # a batch by its id, as the messages write it
         some = GenerationStatus.objects.order_by("-id")[3]  # an id no account has (the demo's accounts are fewer)
@@ -333,7 +360,6 @@ class AdminInChromium(StaticLiveServerTestCase):
         self.fits()
         self.screenshot("records.png")
         self.open("/admin/generation/repairrecord/", ready="#result_list")
-        assert "23456789" in [a.text for a in self.find_all("#result_list th.field-id a")]  # the widest record
         self.fits()
         # a batch's repairs, by its id
         self.open(f"/admin/generation/repairrecord/?q=%23{repaired[0]}", ready="#result_list")
@@ -364,7 +390,6 @@ class AdminInChromium(StaticLiveServerTestCase):
         from selenium.webdriver.support.ui import Select
 
         self.open("/admin/generation/generationlock/?expired=yes", ready="#result_list")
-        assert "123456789" in self.find("#result_list tbody tr").text  # the widest row first (the oldest lock)
         self.fits()
         assert not self.find_all("#result_list img[src$='icon-yes.svg']")
         badges = self.find_all("#result_list td.field-expiry .gen-expired")
@@ -418,7 +443,6 @@ class AdminInChromium(StaticLiveServerTestCase):
 
     def the_runs(self):
         self.open("/admin/generation/cleanuprun/", ready="#result_list")
-        assert "123456" in [a.text for a in self.find_all("#result_list th.field-id a")]  # the widest run
         self.fits()
         undo_run = CleanupRun.objects.filter(kind=RunKind.UNDO).get()
         badge = self.find(f"#result_list tr:has(a[href$='/cleanuprun/{undo_run.pk}/change/']) .gen-undo")
