@@ -152,6 +152,8 @@ AUTH_PASSWORD_VALIDATORS = [
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# One date-time format in the admin, with the time zone: butter_admin/formats/en/formats.py
+FORMAT_MODULE_PATH = ["butter_admin.formats"]
 USE_I18N = True
 USE_TZ = True
 

@@ -109,12 +109,17 @@ def lost(session=None) -> bool:
     return (session is not None and connection.connection is not session) or not connection.is_usable()
 
 
-def keyset_pages(queryset, batch_size: int, *, after: int = 0):
+def keyset_pages(queryset, batch_size: int, *, after: int = 0, descending: bool = False):
     """Pages of ids in id order, `id > last ORDER BY id LIMIT n`: never the whole table in memory, and
-    each page an index range scan however far into the table it is."""
-    last_id = after
+    each page an index range scan however far into the table it is. `descending`: newest first,
+    `id < last ORDER BY id DESC` (from the top; `after` is then ignored)."""
+    last_id = None if descending else after
     while True:
-        ids = list(queryset.filter(id__gt=last_id).order_by("id").values_list("id", flat=True)[:batch_size])
+        if descending:
+            page = (queryset if last_id is None else queryset.filter(id__lt=last_id)).order_by("-id")
+        else:
+            page = queryset.filter(id__gt=last_id).order_by("id")
+        ids = list(page.values_list("id", flat=True)[:batch_size])
         if not ids:
             return
         yield ids

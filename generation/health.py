@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from . import expressions as ex
 from . import rules
-from .chart import Chart, build_chart
+from .chart import Chart, RunColumn, build_chart, build_run_chart
 from .conf import JobSettings
 from .db import database_now
 from .models import CleanupRun, GenerationLock, GenerationStatus, Outcome, RecordRule, RepairRecord, RunKind, Trigger
@@ -34,6 +34,12 @@ CHART_COLOURS = {
     RecordRule.ALL_ACCOUNTED: "#0072B2", RecordRule.NO_ACTIVE_TASKS: "#E69F00", RecordRule.COUNTER_OVERFLOW: "#CC79A7",
     RecordRule.STALLED_FAILED: "#D55E00", RecordRule.EXPIRED_LOCK: "#009E73", RecordRule.RELEASED_BY_HAND: "#56B4E9",
 }
+
+
+# The backlog chart: what each of the job's last runs found stuck, and what became of it.
+BACKLOG_RUNS = 60  # 30 hours of the default schedule
+BACKLOG_SERIES = ("repaired", "stalled", "corrupt", "busy or moved on")
+BACKLOG_COLOURS = {"repaired": "#0072B2", "stalled": "#E69F00", "corrupt": "#D55E00", "busy or moved on": "#999999"}
 
 
 def job_runs(runs=None):
@@ -90,6 +96,28 @@ def repairs_per_day(*, today: date, days: int = CHART_DAYS) -> tuple[list[date],
     return [first + timedelta(days=i) for i in range(days)], counts
 
 
+def backlog_per_run(*, runs: int = BACKLOG_RUNS) -> list[RunColumn]:
+    """The job's last `runs` runs over the whole table (oldest first): how many batches each found stuck
+    (CleanupRun.stuck_found), by what became of them; from the run rows alone, whatever the size of the
+    statuses."""
+    rows = (job_runs().filter(stuck_found__isnull=False).order_by("-started_at", "-id")
+            .values_list("pk", "started_at", "stuck_found", "repaired_all_accounted", "repaired_no_active_tasks",
+                         "repaired_counter_overflow", "repaired_stalled_failed", "stalled", "corrupt")[:runs])
+    columns = []
+    for pk, started_at, found, *repaired, stalled, corrupt in reversed(rows):
+        values = {"repaired": sum(repaired), "stalled": stalled, "corrupt": corrupt}
+        values["busy or moved on"] = max(found - sum(values.values()), 0)
+        columns.append(RunColumn(pk, timezone.localtime(started_at), values))
+    return columns
+
+
+def problems(*, now: datetime, job: JobSettings) -> tuple[int, int]:
+    """Stuck batches and expired locks now, for the admin index: two index scans."""
+    stuck = sum(n for n, _oldest in stuck_groups(now=now, stuck_after=job.stuck_after).values())
+    expired, _of_moving_batches = expired_locks(now=now, job=job)
+    return stuck, expired.count()
+
+
 # --- The health page ---------------------------------------------------------------------------
 
 
@@ -105,6 +133,7 @@ class Health:
     interval: timedelta | None = None
     warnings: list = field(default_factory=list)
     chart: Chart | None = None
+    backlog: Chart | None = None
 
     @property
     def stuck(self) -> int:
@@ -172,7 +201,7 @@ def overview(*, job: JobSettings) -> Health:
     completed = report.last_completed
     if completed is not None and completed.outcome == Outcome.ERRORS:
         first = completed.error.splitlines()[0] if completed.error else ""
-        report.warnings.append(f"The last completed job run (#{completed.pk}) found errors: {first}"
+        report.warnings.append(f"The last completed job run, run #{completed.pk}, found errors: {first}"
                                + (" (and more on its page)" if "\n" in completed.error else ""))
     last = report.last_run
     if last is not None and not last.outcome and last.started_at < now - timedelta(hours=1):
@@ -181,5 +210,6 @@ def overview(*, job: JobSettings) -> Health:
 
     today = timezone.localdate(now)
     days, counts = repairs_per_day(today=today)
-    report.chart = build_chart(days, counts, series=CHART_RULES, colours=CHART_COLOURS)
+    report.chart = build_chart(days, counts, series=CHART_RULES, colours=CHART_COLOURS, width=620)
+    report.backlog = build_run_chart(backlog_per_run(), series=BACKLOG_SERIES, colours=BACKLOG_COLOURS, width=620)
     return report

@@ -158,6 +158,10 @@ class CleanupRun(models.Model):
     locks_expired = models.PositiveIntegerField(default=0)
     locks_removed = models.PositiveIntegerField(default=0)
     locks_released = models.PositiveIntegerField(default=0)
+    # how many batches were stuck when a job run over the whole table started: those it examined, those that
+    # moved on before their page and those busy (None: an admin or undo run, a filtered or lock-only run, a
+    # skipped one). The health page charts the backlog from it without scanning the statuses.
+    stuck_found = models.PositiveIntegerField(null=True, blank=True)
     outcome = models.CharField(max_length=20, choices=Outcome.choices, blank=True)
     error = models.TextField(blank=True)
 

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from .db import ConnectionLost, one_line
 from .logging import drain
-from .models import CleanupRun, RepairRecord, RunKind
+from .models import CleanupRun, RepairRecord, RunKind, Trigger
 from .rules import Rule
 
 
@@ -34,10 +34,22 @@ def start_run(*, kind=RunKind.CLEANUP, trigger, dry_run=False, filters=None, act
     )
 
 
+def _backlog(run: CleanupRun, report) -> int | None:
+    """How many batches were stuck when the run started, if it is a job run whose status pass read the whole
+    table: the ones it examined, and the ones that moved on or were busy when their page came."""
+    filters = run.filters or {}
+    if (run.kind != RunKind.CLEANUP or run.trigger == Trigger.ADMIN or run.dry_run or report.outcome == "skipped"
+            or filters.get("only") == "locks" or filters.get("accounts") or filters.get("content_types")):
+        return None
+    s = report.statuses
+    return s.examined + s.moved_on + s.skipped_busy
+
+
 def finish_run(run: CleanupRun, report):
     """Close the run's row with the report's counts (a CleanupReport)."""
     s, locks = report.statuses, report.locks
     CleanupRun.objects.filter(pk=run.pk).update(
+        stuck_found=_backlog(run, report),
         finished_at=Now(), outcome=report.outcome, error="\n".join(report.errors), examined=s.examined,
         repaired_all_accounted=s.by_rule[Rule.ALL_ACCOUNTED], repaired_no_active_tasks=s.by_rule[Rule.NO_ACTIVE_TASKS],
         repaired_counter_overflow=s.by_rule[Rule.COUNTER_OVERFLOW],

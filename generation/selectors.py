@@ -4,11 +4,11 @@ nothing here spells a rule (each comes from expressions.py).
 
 from datetime import datetime
 
-from django.db.models import Count, Min, Q, Value
+from django.db.models import Count, Exists, Min, OuterRef, Q, Value
 
 from . import expressions as ex
 from .conf import Windows
-from .models import GenerationStatus, RepairRecord
+from .models import GenerationLock, GenerationStatus, RecordKind, RecordRule, RepairRecord
 
 BIGINT_MAX = 2**63 - 1
 
@@ -18,6 +18,17 @@ def as_id(term: str) -> int | None:
     would fail)."""
     term = term.strip().removeprefix("#")
     return int(term) if term.isascii() and term.isdigit() and int(term) <= BIGINT_MAX else None
+
+
+def count_rows(queryset) -> int:
+    """How many rows a change list's queryset holds (select-across): one COUNT, its ordering dropped."""
+    return queryset.order_by().count()
+
+
+def first_ids(queryset, n: int, *, newest_first: bool = False) -> list[int]:
+    """The first `n` ids of a selection, in id order (newest first for undo): the sample a select-across
+    confirmation previews."""
+    return list(queryset.order_by("-id" if newest_first else "id").values_list("id", flat=True)[:n])
 
 
 # --- Generation statuses -----------------------------------------------------------------------
@@ -64,6 +75,22 @@ def search_statuses(queryset, term: str):
     return queryset.filter(lock_id=term)
 
 
+def verdict_totals(queryset, judgement: ex.Judgement, *, now: datetime, stuck_after: Windows) -> dict:
+    """How many of the selected batches an action's judgement gives each verdict, and what the list calls them:
+    {(the action's verdict, the list's verdict): n}, in one GROUP BY whatever the size of the selection."""
+    rows = (queryset.annotate(action_verdict=judgement.verdict(),
+                              listed_verdict=diagnosis(now=now, stuck_after=stuck_after).verdict())
+            .values_list("action_verdict", "listed_verdict").annotate(n=Count("id")).order_by())
+    return {(action, listed): n for action, listed, n in rows}
+
+
+def lock_of_batch(lock_id: str | None, *, now: datetime, lock_ttl: Windows):
+    """The lock a batch refers to, as the locks list shows it (expired by its type's TTL), or None."""
+    if not lock_id:
+        return None
+    return locks_for_list(GenerationLock.objects.filter(lock_id=lock_id), now=now, lock_ttl=lock_ttl).first()
+
+
 # --- Generation locks --------------------------------------------------------------------------
 
 
@@ -89,7 +116,45 @@ def search_locks(queryset, term: str):
     return queryset.filter(lock_id=term)
 
 
+def lock_totals(queryset, *, now: datetime, lock_ttl: Windows, stuck_after: Windows) -> dict:
+    """How many of the selected locks there are, how many are expired, and how many belong to a batch still
+    moving (releasing those lets a second batch start beside it): one query."""
+    moving = GenerationStatus.objects.filter(ex.moving(stuck_after.cutoffs(now)), lock_id=OuterRef("lock_id"))
+    return queryset.order_by().aggregate(
+        count=Count("id"), expired=Count("id", filter=ex.expired(lock_ttl.cutoffs(now))),
+        of_moving_batches=Count("id", filter=Exists(moving)))
+
+
 # --- History -----------------------------------------------------------------------------------
+
+
+def search_runs(queryset, term: str):
+    """A run's id (12 or #12)."""
+    number = as_id(term)
+    return queryset.filter(id=number) if number is not None else queryset.none()
+
+
+def search_records(queryset, term: str):
+    """The repairs of a batch (its id, 4998 or #4998) or of an account (its id): both indexed."""
+    number = as_id(term)
+    if number is None:
+        return queryset.none()
+    return queryset.filter(Q(kind=RecordKind.STATUS, target_id=number) | Q(account_id=number))
+
+
+def record_totals(queryset) -> dict:
+    """The selected repair records by rule, and how many an undo must refuse whatever happens: undos themselves,
+    and records undone already. One query."""
+    undone = RepairRecord.objects.filter(undo_of=OuterRef("pk"))
+    rows = (queryset.annotate(is_undone=Exists(undone)).values_list("rule", "is_undone")
+            .annotate(n=Count("id")).order_by())
+    totals = {"by_rule": {}, "undos": 0, "undone_already": 0, "count": 0}
+    for rule, is_undone, n in rows:
+        totals["by_rule"][rule] = totals["by_rule"].get(rule, 0) + n
+        totals["count"] += n
+        totals["undos"] += n if rule == RecordRule.UNDO else 0
+        totals["undone_already"] += n if is_undone and rule != RecordRule.UNDO else 0
+    return totals
 
 
 def run_records(run_id: int, *, limit: int):

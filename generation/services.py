@@ -6,6 +6,9 @@ read once by the entry point (conf.JobSettings):
 - `cleanup()`: the scheduled job, a status pass then a lock pass, each in keyset pages of ids.
 - `repair_selected()`: the admin's repair of hand-picked batches (scheduled rules, force, fail stalled).
 - `release_locks()`: the admin's "release selected locks".
+The admin's two take the rows an operator picked as `ids`, or, when they selected "all N matching" (Django's
+select-across), as `matching`: the change list's filtered queryset, read in keyset pages of ids like the
+cleanup's candidates, so memory stays flat however many rows match.
 
 A page is set-based and one transaction (PostgreSQL):
 - one select of the page's rows, locked with FOR UPDATE SKIP LOCKED (a row a worker is writing is
@@ -229,52 +232,75 @@ def _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page
         page = None
 
 
-def repair_selected(*, job: JobSettings, ids, mode: Mode = Mode.SCHEDULED, actor=None, dry_run: bool = False,
+def judgement_for(mode: Mode, *, job: JobSettings, now) -> tuple[ex.Judgement, tuple]:
+    """How a repair of selected batches judges them, and the rules it applies: the one mapping from an admin
+    action's mode to the rule book (repair_selected, and the admin's totals before a select-across repair).
+
+    SCHEDULED: only rows stuck longer than the window (and failing stalled ones past the fail-stalled window, if
+    set); FORCE: any queuing/processing row; FAIL_STALLED: only the stalled_failed change."""
+    if mode == Mode.SCHEDULED:
+        fail = job.fail_stalled_after.cutoffs(now) if job.fail_stalled_after else None
+        return ex.Judgement(cutoffs=job.stuck_after.cutoffs(now), fail_stalled=fail), rules.REPAIRS
+    if mode == Mode.FORCE:
+        return ex.Judgement(cutoffs=None), rules.REPAIRS
+    return ex.Judgement(cutoffs=None, fail_stalled=True), (Rule.STALLED_FAILED,)
+
+
+def repair_selected(*, job: JobSettings, ids=None, matching=None, selection: dict | None = None,
+                    mode: Mode = Mode.SCHEDULED, actor=None, dry_run: bool = False,
                     trigger: str = Trigger.ADMIN) -> CleanupReport:
     """Apply the rules to hand-picked batches (admin actions); the dry run is the confirmation preview.
 
-    mode SCHEDULED: only rows stuck longer than the window (and failing stalled ones past the fail-stalled
-    window, if set); FORCE: any queuing/processing row; FAIL_STALLED: only the stalled_failed change.
-    Selected rows that are not eligible are reported as left alone with their verdict.
+    The batches are `ids`, or every row of the queryset `matching` (select-across; `selection` is what the run
+    records of it, e.g. the change list's filters). Selected rows that are not eligible (judgement_for) are
+    reported as left alone with their verdict.
     """
     report = CleanupReport(trigger=trigger, dry_run=dry_run, now=database_now(), batch_size=job.batch_size)
     if mode == Mode.SCHEDULED:
         report.stuck_after, report.fail_stalled_after = job.stuck_after, job.fail_stalled_after
-        judgement, applies = ex.Judgement(cutoffs=report.cutoffs, fail_stalled=report.fail_cutoffs), rules.REPAIRS
-    elif mode == Mode.FORCE:
-        judgement, applies = ex.Judgement(cutoffs=None), rules.REPAIRS
-    else:
-        judgement, applies = ex.Judgement(cutoffs=None, fail_stalled=True), (Rule.STALLED_FAILED,)
+    judgement, applies = judgement_for(mode, job=job, now=report.now)
     judged = status_pass(judgement, applies, reports=mode != Mode.FAIL_STALLED, selected=True,
                          clock=ex.pass_clock(connection))
-    ids = sorted({int(i) for i in ids})
     run = None if dry_run else start_run(
-        trigger=trigger, filters={"ids": ids[:1000], "mode": mode.value}, actor=actor,
+        trigger=trigger, filters={**_recorded_selection(ids, selection), "mode": mode.value}, actor=actor,
         stuck_after=report.stuck_after, fail_stalled_after=report.fail_stalled_after, batch_size=job.batch_size)
     report.run_id = run.pk if run else None
     with recorded(report, run):
-        _selected_pages(report, report.statuses, "selected batches", ids, job, lambda page: (
-            status_page(page, judged, dry_run=dry_run, run=run, actor=actor)))
+        for page in _selected_pages(report, report.statuses, "selected batches", job, ids, matching):
+            _run_page(report, report.statuses, f"selected batches #{page[0]}..#{page[-1]}", job, lambda page=page: (
+                status_page(page, judged, dry_run=dry_run, run=run, actor=actor)))
     return report
 
 
-def release_locks(*, job: JobSettings, ids, actor=None, dry_run: bool = False,
-                  trigger: str = Trigger.ADMIN) -> CleanupReport:
-    """Delete hand-picked locks (admin), whatever their age; each deletion is recorded."""
+def release_locks(*, job: JobSettings, ids=None, matching=None, selection: dict | None = None, actor=None,
+                  dry_run: bool = False, trigger: str = Trigger.ADMIN) -> CleanupReport:
+    """Delete hand-picked locks (admin), whatever their age; each deletion is recorded. The locks are `ids`, or
+    every row of the queryset `matching` (select-across), as for repair_selected."""
     report = CleanupReport(trigger=trigger, dry_run=dry_run, now=database_now(), batch_size=job.batch_size)
-    ids = sorted({int(i) for i in ids})
-    run = None if dry_run else start_run(trigger=trigger, filters={"lock_ids": ids[:1000]}, actor=actor,
-                                         batch_size=job.batch_size)
+    run = None if dry_run else start_run(trigger=trigger, filters=_recorded_selection(ids, selection, "lock_ids"),
+                                         actor=actor, batch_size=job.batch_size)
     report.run_id = run.pk if run else None
     judged = lock_pass(cutoffs=None, rule=RecordRule.RELEASED_BY_HAND, clock=ex.pass_clock(connection))
     with recorded(report, run):
-        _selected_pages(report, report.locks, "selected locks", ids, job, lambda page: (
-            lock_page(page, judged, dry_run=dry_run, run=run, actor=actor)))
+        for page in _selected_pages(report, report.locks, "selected locks", job, ids, matching):
+            _run_page(report, report.locks, f"selected locks #{page[0]}..#{page[-1]}", job, lambda page=page: (
+                lock_page(page, judged, dry_run=dry_run, run=run, actor=actor)))
     return report
 
 
-def _selected_pages(report, totals, what, ids, job: JobSettings, work):
-    """Hand-picked ids in pages of the batch size, each page its own transaction."""
+def _recorded_selection(ids, selection, name="ids") -> dict:
+    """What a run records of its selection: the first 1,000 ids picked, or what matched (select-across)."""
+    if ids is None:
+        return {"select_across": selection or {}}
+    return {name: sorted({int(i) for i in ids})[:1000]}
+
+
+def _selected_pages(report, totals, what, job: JobSettings, ids, matching):
+    """Pages of the batch size, each then its own transaction: hand-picked ids in order, or keyset pages of the
+    matching queryset (each selected in a short transaction of its own, as the cleanup's candidates are)."""
+    if ids is None:
+        yield from _pages(report, totals, what, job, matching)
+        return
+    ids = sorted({int(i) for i in ids})
     for start in range(0, len(ids), job.batch_size):
-        page = ids[start:start + job.batch_size]
-        _run_page(report, totals, f"{what} #{page[0]}..#{page[-1]}", job, lambda page=page: work(page))
+        yield ids[start:start + job.batch_size]

@@ -26,6 +26,10 @@ Each unit is its own transaction. Undoing is recorded like any other change: a R
 undone at most once (its row is locked while checking), and undo records are not undone themselves.
 A dry run does all of it in one transaction and rolls it back, so it says exactly what a real undo
 would do at that moment.
+
+The records come as ids, or as a queryset (`matching`: the admin's "all N matching", a run's records) read
+in keyset pages of ids, newest first; the report then keeps the first `keep` outcomes and counts them all,
+so memory stays flat however many records there are.
 """
 
 import json
@@ -37,7 +41,7 @@ from django.db.models.functions import Now
 
 from . import expressions as ex
 from .conf import JobSettings
-from .db import bounded_transaction, one_line
+from .db import bounded_transaction, keyset_pages, one_line
 from .models import (
     CleanupRun,
     GenerationLock,
@@ -86,6 +90,7 @@ class UndoOutcome:
     undone: bool = False  # applied (never in a dry run)
     reason: str = ""  # why it was refused; empty when undone, or in a dry run when it would be
     undo_record_id: int | None = None
+    with_batch: bool = False  # a lock released with its batch, taken back with the batch's record
     current: dict | None = None  # the row as found ({} for a lock that is gone)
     restored: dict | None = None  # the row after the undo (in a dry run: as it would be)
 
@@ -99,23 +104,43 @@ class UndoOutcome:
 
 @dataclass
 class UndoReport:
+    """The outcomes of an undo: all of them, or the first `keep`; the totals count every one."""
+
     trigger: str
     dry_run: bool
     run_id: int | None = None
     outcomes: list = field(default_factory=list)
+    keep: int | None = None
+    undone_total: int = 0  # in a dry run: would be undone
+    refused_total: int = 0
+    with_batch_total: int = 0  # of the undone: locks taken back with their batches
 
     @property
     def undone(self) -> list:
-        """Undone outcomes (in a dry run: the ones that would be)."""
+        """Undone outcomes kept (in a dry run: the ones that would be)."""
         return [o for o in self.outcomes if not o.refused]
 
     @property
     def refused(self) -> list:
         return [o for o in self.outcomes if o.refused]
 
+    @property
+    def truncated(self) -> bool:
+        return self.undone_total + self.refused_total > len(self.outcomes)
+
+    def add(self, outcomes):
+        for outcome in outcomes:
+            if outcome.refused:
+                self.refused_total += 1
+            else:
+                self.undone_total += 1
+                self.with_batch_total += outcome.with_batch
+            if self.keep is None or len(self.outcomes) < self.keep:
+                self.outcomes.append(outcome)
+
     def as_dict(self):
         return {"run_id": self.run_id, "trigger": self.trigger, "dry_run": self.dry_run,
-                "undone": len(self.undone), "refused": len(self.refused),
+                "undone": self.undone_total, "refused": self.refused_total,
                 "outcomes": [o.as_dict() for o in self.outcomes]}
 
 
@@ -128,17 +153,19 @@ class _Refused(Exception):
 # --- Entry points --------------------------------------------------------------------------
 
 
-def undo_records(*, job: JobSettings, ids, actor=None, trigger: str = Trigger.COMMAND,
-                 dry_run: bool = False) -> UndoReport:
-    """Undo the given RepairRecords; one UndoOutcome per record (plus the lock released with a batch),
-    newest first. Raises db.ConnectionLost if the database connection is lost (the units undone before
-    it stay undone and recorded)."""
-    report = UndoReport(trigger=trigger, dry_run=dry_run)
+def undo_records(*, job: JobSettings, ids=None, matching=None, selection: dict | None = None, actor=None,
+                 trigger: str = Trigger.COMMAND, dry_run: bool = False, keep: int | None = None) -> UndoReport:
+    """Undo the given RepairRecords: `ids`, or every record of the queryset `matching` (`selection`: what the
+    run records of it). One UndoOutcome per record (plus the lock released with a batch), newest first; the
+    report keeps the first `keep` of them (None: all). Raises db.ConnectionLost if the database connection is
+    lost (the units undone before it stay undone and recorded)."""
+    report = UndoReport(trigger=trigger, dry_run=dry_run, keep=keep)
+    selected = _Selected(ids, matching, selection)
     if not dry_run:
-        _undo(report, ids, actor, job)
+        _undo(report, selected, actor, job)
         return report
     with transaction.atomic():
-        _undo(report, ids, actor, job)
+        _undo(report, selected, actor, job)
         transaction.set_rollback(True)
     report.run_id = None
     for outcome in report.outcomes:
@@ -148,36 +175,73 @@ def undo_records(*, job: JobSettings, ids, actor=None, trigger: str = Trigger.CO
 
 def undo_run(*, job: JobSettings, run_id: int, actor=None, trigger: str = Trigger.COMMAND,
              dry_run: bool = False) -> UndoReport:
-    """Undo every change a run made. Raises CleanupRun.DoesNotExist for an unknown run."""
+    """Undo every change a run made, its records read a page at a time. Raises CleanupRun.DoesNotExist for an
+    unknown run."""
     run = CleanupRun.objects.get(pk=run_id)
-    ids = list(run.records.values_list("pk", flat=True))
-    return undo_records(job=job, ids=ids, actor=actor, trigger=trigger, dry_run=dry_run)
+    return undo_records(job=job, matching=run.records.all(), selection={"run": run.pk}, actor=actor,
+                        trigger=trigger, dry_run=dry_run)
 
 
-def _undo(report, ids, actor, job):
-    ids = sorted({int(i) for i in ids}, reverse=True)
-    records = RepairRecord.objects.in_bulk(ids)
-    companions = {}  # status record id -> the lock record released with its batch, not undone yet
-    for record in records.values():
-        companion = _companion(record)
-        if companion is not None and not _undone_by(companion):
-            companions[record.pk] = companion
-    carried = {companion.pk for companion in companions.values()}  # undone with their batch's record
+class _Selected:
+    """The records to undo: ids, or a queryset read in keyset pages of ids; newest first either way."""
+
+    def __init__(self, ids, matching, selection):
+        self.ids = None if ids is None else sorted({int(i) for i in ids}, reverse=True)
+        self.matching, self.selection = matching, selection
+
+    def pages(self, size: int):
+        if self.ids is None:
+            yield from keyset_pages(self.matching, size, descending=True)
+            return
+        for start in range(0, len(self.ids), size):
+            yield self.ids[start:start + size]
+
+    def __contains__(self, record_id) -> bool:
+        if self.ids is None:
+            return self.matching.filter(pk=record_id).exists()
+        return record_id in self.ids
+
+    def recorded(self) -> dict:
+        """What the undo's run records of its selection."""
+        return {"records": self.ids[:1000]} if self.ids is not None else {"select_across": self.selection or {}}
+
+
+def _undo(report, selected: _Selected, actor, job):
     run = None
-    if records:
-        run = start_run(kind=RunKind.UNDO, trigger=report.trigger, dry_run=report.dry_run,
-                        filters={"records": ids[:1000]}, actor=actor)
-        report.run_id = run.pk
     try:
-        for record_id in ids:
-            record = records.get(record_id)
-            if record is None:
-                report.outcomes.append(UndoOutcome(record_id, reason=Refusal.NOT_FOUND))
-            elif record_id not in carried:
-                report.outcomes.extend(_undo_unit(record, companions.get(record_id), run=run, actor=actor, job=job))
+        for page in selected.pages(job.batch_size):
+            records = RepairRecord.objects.in_bulk(page)
+            if run is None and records:
+                run = start_run(kind=RunKind.UNDO, trigger=report.trigger, dry_run=report.dry_run,
+                                filters=selected.recorded(), actor=actor)
+                report.run_id = run.pk
+            companions = {}  # status record id -> the lock record released with its batch, not undone yet
+            for record in records.values():
+                companion = _companion(record)
+                if companion is not None and not _undone_by(companion):
+                    companions[record.pk] = companion
+            carried = {companion.pk for companion in companions.values()}  # undone with their batch's record
+            for record_id in page:
+                record = records.get(record_id)
+                if record is None:
+                    report.add([UndoOutcome(record_id, reason=Refusal.NOT_FOUND)])
+                elif record_id not in carried and not _carried_later(record, selected):
+                    report.add(_undo_unit(record, companions.get(record_id), run=run, actor=actor, job=job))
     finally:
         if run is not None:
             _finish(run, report)
+
+
+def _carried_later(record, selected: _Selected) -> bool:
+    """A lock released with its batch whose batch's record is selected too, on a later page (records come
+    newest first, and the lock's record was written after its batch's): it comes off with that record."""
+    if record.kind != RecordKind.LOCK or record.rule != RecordRule.RELEASED_WITH_BATCH or _undone_by(record):
+        return False
+    batches = GenerationStatus.objects.filter(lock_id=record.before["lock_id"]).values("pk")
+    batch_record = (RepairRecord.objects.filter(run_id=record.run_id, kind=RecordKind.STATUS, rule__in=FINISHING,
+                                                target_id__in=batches, pk__lt=record.pk)
+                    .values_list("pk", flat=True).first())
+    return batch_record is not None and batch_record in selected
 
 
 def _companion(record):
@@ -203,8 +267,8 @@ def _finish(run, report):
     refusals = [f"record #{o.record_id}: {o.reason}" for o in report.refused]
     try:
         CleanupRun.objects.filter(pk=run.pk).update(
-            finished_at=Now(), outcome=Outcome.ERRORS if refusals else Outcome.OK,
-            error="\n".join(refusals[:ERRORS_CAP]), examined=len(report.outcomes))
+            finished_at=Now(), outcome=Outcome.ERRORS if report.refused_total else Outcome.OK,
+            error="\n".join(refusals[:ERRORS_CAP]), examined=report.undone_total + report.refused_total)
     except DatabaseError:
         pass  # connection lost (ConnectionLost is on its way): the run row keeps an empty outcome
 
@@ -212,15 +276,15 @@ def _finish(run, report):
 # --- One unit: a record, and the lock released with its batch ------------------------------
 
 
-def _outcome(record) -> UndoOutcome:
+def _outcome(record, *, with_batch=False) -> UndoOutcome:
     return UndoOutcome(record.pk, kind=record.kind, rule=record.rule, target_id=record.target_id,
-                       account_id=record.account_id, content_type=record.content_type)
+                       account_id=record.account_id, content_type=record.content_type, with_batch=with_batch)
 
 
 def _undo_unit(record, companion, *, run, actor, job) -> list[UndoOutcome]:
     """One transaction (a savepoint in a dry run): the record, and the lock released with its batch."""
     main = _outcome(record)
-    outcomes = [main] + ([_outcome(companion)] if companion is not None else [])
+    outcomes = [main] + ([_outcome(companion, with_batch=True)] if companion is not None else [])
     try:
         with bounded_transaction(job.lock_timeout, job.statement_timeout):
             changes = [(main, _undo_one(record, main, run=run, actor=actor))]
@@ -258,8 +322,6 @@ def _undo_one(record, outcome, *, run, actor) -> RepairRecord:
     if record.kind == RecordKind.STATUS:
         return _undo_status(record, outcome, run=run, actor=actor)
     return _undo_lock(record, outcome, run=run, actor=actor)
-
-
 
 
 # --- Status rows: compare-and-set ----------------------------------------------------------

@@ -1,6 +1,6 @@
 """generation.chart: the health page's chart as geometry."""
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 
@@ -35,6 +35,9 @@ def test_chart_stacks_bars_per_day_in_proportion():
     assert first.colour == health.CHART_COLOURS[RecordRule.ALL_ACCOUNTED]
     assert [label.text for label in chart.labels] == ["Nov 1", "Nov 6", "Nov 11", "Nov 16", "Nov 21", "Nov 26",
                                                       "Nov 30"]
+    # the first and last labels keep inside the plot: from the first column's left edge, up to the last's right
+    assert [label.anchor for label in chart.labels] == ["start", *["middle"] * 5, "end"]
+    assert (chart.labels[0].x, chart.labels[-1].x) == (chart.plot_left, pytest.approx(chart.plot_right))
     assert {item.label: item.total for item in chart.legend}["all_accounted"] == 6
     assert chart.summary.startswith("Repairs per day by rule from 2026-11-01 to 2026-11-30: 12 in all")
 
@@ -44,3 +47,24 @@ def test_an_empty_chart_still_has_axes():
     chart = build(days, {})
     assert chart.bars == [] and chart.total == 0
     assert [t.value for t in chart.ticks] == [0, 1]
+
+
+def test_the_backlog_chart_stacks_each_runs_figures_and_keys_each_bar_by_its_run():
+    start = datetime(2026, 11, 1, 0, 0)
+    runs = [chart.RunColumn(100 + n, start + timedelta(minutes=30 * n), {"repaired": n, "stalled": 2})
+            for n in range(25)]
+    backlog = chart.build_run_chart(runs, series=health.BACKLOG_SERIES, colours=health.BACKLOG_COLOURS)
+    assert backlog.days == 25
+    first_stalled, = [bar for bar in backlog.bars if bar.key == 100]
+    assert first_stalled.title == "run #100, 2026-11-01 00:00: 2 stalled"
+    last = [bar for bar in backlog.bars if bar.key == 124]
+    assert [bar.title for bar in last] == ["run #124, 2026-11-01 12:00: 24 repaired",
+                                           "run #124, 2026-11-01 12:00: 2 stalled"]
+    assert last[1].y + last[1].height == pytest.approx(last[0].y)  # stacked
+    assert [label.text for label in backlog.labels] == ["Nov 1 00:00", "Nov 1 07:30"]  # the last would crowd 07:30
+    assert [label.anchor for label in backlog.labels] == ["start", "middle"]
+    assert {item.label: item.total for item in backlog.legend} == {
+        "repaired": 24, "stalled": 2, "corrupt": 0, "busy or moved on": 0}
+    assert backlog.summary.startswith("Stuck batches found by each of the last 25 runs of the job, from run #100 to "
+                                      "run #124; the last one found 26")
+    assert chart.build_run_chart([], series=health.BACKLOG_SERIES, colours=health.BACKLOG_COLOURS).bars == []

@@ -34,3 +34,12 @@ def test_make_screenshots_refreshes_the_readme_pictures():
                              text=True, timeout=60)
     assert planned.returncode == 0, planned.stderr
     assert "SCREENSHOT_DIR=docs/screenshots .venv/bin/pytest -m browser tests/test_browser.py" in planned.stdout
+
+
+def test_the_readme_shows_one_picture_per_admin_page_and_no_other(git_checkout):
+    from .test_browser import PICTURES
+
+    tracked = set(git("ls-files", "docs/screenshots").stdout.split())
+    assert tracked == {f"docs/screenshots/{name}" for name in PICTURES}
+    readme = (ROOT / "README.md").read_text()
+    assert [name for name in PICTURES if f"(docs/screenshots/{name})" not in readme] == []

@@ -138,7 +138,7 @@ def test_a_run_with_errors_counts_as_completed_but_is_shown():
     run = _run(outcome=Outcome.ERRORS, error="batch #7 has corrupt counters\nbatch #9 has corrupt counters")
     report = health.overview(job=job())
     assert report.last_completed == run
-    assert report.warnings == [f"The last completed job run (#{run.pk}) found errors: batch #7 has corrupt counters "
+    assert report.warnings == [f"The last completed job run, run #{run.pk}, found errors: batch #7 has corrupt counters "
                                "(and more on its page)"]
     _run(trigger="admin", outcome=Outcome.ERRORS, error="batch #8 has corrupt counters")
     assert health.overview(job=job()).warnings == report.warnings  # an admin action's findings are not the job's
@@ -202,3 +202,72 @@ def test_an_undo_command_run_is_not_the_cleanup_job_running():
     CleanupRun.objects.filter(pk=undo_run.pk).update(kind=RunKind.UNDO)
     report = health.overview(job=job())
     assert report.last_completed == cleanup and report.last_run == cleanup
+
+
+# --- The stuck backlog per run ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_job_run_over_the_whole_table_records_how_many_batches_it_found_stuck(admin_user):
+    GenerationStatus.objects.bulk_create([make(10, 0, 2, 7, 3), make(10, 1, 1, 3, 2), make(3, 0, -1, 2, 0),
+                                          make(10, 0, 0, 6, 1, idle=FRESH)])
+    whole = services.cleanup(job=job(), trigger="cron")
+    assert CleanupRun.objects.get(pk=whole.run_id).stuck_found == 3  # repaired, stalled, corrupt
+    GenerationStatus.objects.bulk_create([make(10, 0, 0, 6, 1, account=2)])
+    for kwargs in ({"accounts": [2]}, {"content_types": ["video"]}, {"only": "locks"}):
+        run = services.cleanup(job=job(), trigger="command", **kwargs)
+        assert CleanupRun.objects.get(pk=run.run_id).stuck_found is None, kwargs  # not the whole backlog
+    admin_run = services.repair_selected(job=job(), ids=[1], actor=admin_user)
+    assert CleanupRun.objects.get(pk=admin_run.run_id).stuck_found is None
+
+
+@pytest.mark.django_db
+def test_a_batch_that_moved_on_before_its_page_still_counts_as_found(monkeypatch):
+    """The backlog a run found is what it examined plus what moved on (or was busy) before its page came."""
+    GenerationStatus.objects.bulk_create([make(10, 0, 2, 7, 3), make(10, 0, 2, 7, 3, account=2)])
+    first = GenerationStatus.objects.order_by("id").first()
+    real = services.status_page
+
+    def a_worker_moves_it_first(ids, *args, **kwargs):
+        GenerationStatus.objects.filter(pk=first.pk).update(updated_at=timezone.now())
+        return real(ids, *args, **kwargs)
+
+    monkeypatch.setattr(services, "status_page", a_worker_moves_it_first)
+    report = services.cleanup(job=job(), trigger="cron")
+    assert (report.statuses.examined, report.statuses.moved_on) == (1, 1)
+    assert CleanupRun.objects.get(pk=report.run_id).stuck_found == 2
+
+
+@pytest.mark.django_db
+def test_backlog_per_run_charts_the_last_job_runs_oldest_first():
+    runs = []
+    for n in range(4):
+        run = _run(finished_ago=timedelta(hours=4 - n))
+        CleanupRun.objects.filter(pk=run.pk).update(stuck_found=10 + n, repaired_all_accounted=5, stalled=2, corrupt=1)
+        runs.append(run)
+    CleanupRun.objects.filter(pk=_run(trigger="admin").pk).update(stuck_found=99)  # not the job
+    CleanupRun.objects.filter(pk=_run().pk).update(kind=RunKind.UNDO, stuck_found=99)
+    columns = health.backlog_per_run(runs=3)
+    assert [c.key for c in columns] == [r.pk for r in runs[1:]]
+    assert columns[-1].values == {"repaired": 5, "stalled": 2, "corrupt": 1, "busy or moved on": 5}
+    chart = health.overview(job=job()).backlog
+    assert chart.days == 4 and {item.label: item.total for item in chart.legend}["busy or moved on"] == 5
+
+
+@pytest.mark.django_db
+def test_the_migration_gives_runs_recorded_before_it_what_they_examined():
+    from importlib import import_module
+
+    from django.apps import apps
+
+    migration = import_module("generation.migrations.0008_cleanuprun_stuck_found")
+    whole = _run()
+    CleanupRun.objects.filter(pk=whole.pk).update(examined=7, filters={"accounts": [], "only": None})
+    part = _run(trigger="command")
+    CleanupRun.objects.filter(pk=part.pk).update(examined=7, filters={"accounts": [3]})
+    locks_only = _run()
+    CleanupRun.objects.filter(pk=locks_only.pk).update(examined=0, filters={"only": "locks"})
+    by_hand = _run(trigger="admin")
+    migration.backfill(apps, None)
+    found = dict(CleanupRun.objects.values_list("pk", "stuck_found"))
+    assert found == {whole.pk: 7, part.pk: None, locks_only.pk: None, by_hand.pk: None}

@@ -5,13 +5,13 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from generation import selectors, services
+from generation import selectors, services, undo
 from generation.conf import Windows
 from generation.db import database_now
-from generation.models import GenerationLock, GenerationStatus
+from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
 from generation.rules import STUCK_RULES, Rule
 
-from .factories import job
+from .factories import job, make_batch
 
 pytestmark = pytest.mark.django_db
 
@@ -93,3 +93,58 @@ def test_the_locks_list_the_release_preview_and_the_cleanup_report_name_the_same
     preview = services.release_locks(job=job(), ids=[lock.pk], dry_run=True).locks.details[0]
     report = services.cleanup(job=job(), dry_run=True, only="locks").locks.details[0]
     assert listed.batch_id == preview.batch_id == report.batch_id == moved.pk
+
+
+# --- Select-across totals and the history's searches -----------------------------------------------
+
+
+def test_verdict_totals_count_the_selection_by_the_actions_verdict_and_the_lists():
+    GenerationStatus.objects.bulk_create([
+        make(10, 0, 2, 7, 3), make(10, 0, 2, 7, 3), make(10, 0, 2, 7, 3, idle=FRESH), make(10, 1, 1, 3, 2),
+        make(10, 1, 1, 3, 2, idle=FRESH), make(3, 0, 0, 3, 0, status="completed")])
+    now = timezone.now()
+    forced, _applies = services.judgement_for(services.Mode.FORCE, job=job(), now=now)
+    totals = selectors.verdict_totals(GenerationStatus.objects.all(), forced, now=now, stuck_after=Windows(WINDOW))
+    assert totals == {("all_accounted", "all_accounted"): 2, ("all_accounted", "healthy"): 1,
+                      ("stalled", "stalled"): 1, ("stalled", "healthy"): 1, ("finished", "finished"): 1}
+
+
+def test_lock_totals_count_expired_locks_and_those_of_batches_still_moving():
+    now = timezone.now()
+    GenerationStatus.objects.bulk_create([make(10, 1, 1, 3, 2, idle=timedelta(minutes=5), lock_id="moving"),
+                                          make(10, 1, 1, 3, 2, idle=STUCK, lock_id="stuck")])
+    for n, (lock_id, held) in enumerate((("moving", 4), ("stuck", 5), ("young", 1), ("orphan", 6))):
+        GenerationLock.objects.create(account_id=n, content_type="video", lock_id=lock_id,
+                                      locked_at=now - timedelta(hours=held))
+    totals = selectors.lock_totals(GenerationLock.objects.all(), now=now, lock_ttl=Windows(WINDOW),
+                                   stuck_after=Windows(WINDOW))
+    assert totals == {"count": 4, "expired": 3, "of_moving_batches": 1}
+
+
+def test_record_totals_count_by_rule_and_what_an_undo_must_refuse(admin_user):
+    batches = [make_batch((10, 2, 5, 6, 0)) for _ in range(3)]
+    services.repair_selected(job=job(), ids=[b.pk for b in batches], actor=admin_user)
+    first = RepairRecord.objects.order_by("id").first()
+    undo.undo_records(job=job(), ids=[first.pk])
+    totals = selectors.record_totals(RepairRecord.objects.all())
+    assert totals == {"by_rule": {"counter_overflow": 3, "undo": 1}, "undos": 1, "undone_already": 1, "count": 4}
+
+
+def test_runs_are_found_by_id_and_records_by_batch_or_account(admin_user):
+    batches = [make_batch((10, 2, 5, 6, 0), account_id=900 + n) for n in range(2)]
+    run = services.repair_selected(job=job(), ids=[b.pk for b in batches], actor=admin_user).run_id
+    assert list(selectors.search_runs(CleanupRun.objects.all(), f"#{run}").values_list("pk", flat=True)) == [run]
+    assert not selectors.search_runs(CleanupRun.objects.all(), "admin").exists()
+    records = RepairRecord.objects.all()
+    assert [r.target_id for r in selectors.search_records(records, f"#{batches[0].pk}")] == [batches[0].pk]
+    assert [r.account_id for r in selectors.search_records(records, "901")] == [901]
+    assert not selectors.search_records(records, "x").exists()
+
+
+def test_first_ids_and_count_rows_read_a_selection_without_loading_it():
+    GenerationStatus.objects.bulk_create([make(4, 0, 0, 0, 0, account=n) for n in range(5)])
+    ids = sorted(GenerationStatus.objects.values_list("pk", flat=True))
+    qs = GenerationStatus.objects.order_by("-account_id")
+    assert selectors.first_ids(qs, 2) == ids[:2]
+    assert selectors.first_ids(qs, 2, newest_first=True) == ids[:-3:-1]
+    assert selectors.count_rows(qs) == 5

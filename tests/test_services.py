@@ -436,3 +436,48 @@ def test_the_dry_run_predicts_exactly_what_the_real_run_then_does(windows):
     assert sorted(d.id for d in real.locks.details) == predicted_locks
     assert (real.statuses.by_rule, real.statuses.locks_released, real.statuses.stalled, real.statuses.corrupt) == (
         dry.statuses.by_rule, dry.statuses.locks_released, dry.statuses.stalled, dry.statuses.corrupt)
+
+
+# --- Select-across: the matching queryset, a page at a time ----------------------------------------
+
+
+def test_repair_selected_takes_a_matching_queryset_in_keyset_pages(monkeypatch):
+    stuck = [make_batch((4, 0, 0, 0, 0)) for _ in range(5)]
+    fresh = make_batch((4, 0, 0, 0, 0), idle=timedelta(minutes=5))
+    selected = []
+    real = services.status_page
+    monkeypatch.setattr(services, "status_page", lambda ids, *a, **k: selected.append(list(ids)) or real(ids, *a, **k))
+    report = services.repair_selected(job=job(batch_size=2), matching=GenerationStatus.objects.all(),
+                                      selection={"list": "q=all", "count": 6})
+    assert selected == [[stuck[0].pk, stuck[1].pk], [stuck[2].pk, stuck[3].pk], [stuck[4].pk, fresh.pk]]
+    assert report.statuses.by_rule["no_active_tasks"] == 5 and report.statuses.left_alone == 1
+    assert CleanupRun.objects.get(pk=report.run_id).filters == {
+        "select_across": {"list": "q=all", "count": 6}, "mode": "scheduled"}
+    assert counters_of(fresh).total_failed == 0
+
+
+def test_release_locks_takes_a_matching_queryset():
+    locks = [make_lock(account_id=i, held_for=timedelta(minutes=5)) for i in range(3)]
+    report = services.release_locks(job=job(batch_size=2), matching=GenerationLock.objects.filter(account_id__lt=2))
+    assert report.locks.removed == 2
+    assert list(GenerationLock.objects.values_list("pk", flat=True)) == [locks[2].pk]
+
+
+def test_judgement_for_each_mode_is_what_repair_selected_applies():
+    now = services.database_now()
+    settings_ = job()
+    scheduled, applies = services.judgement_for(services.Mode.SCHEDULED, job=settings_, now=now)
+    assert scheduled.cutoffs == settings_.stuck_after.cutoffs(now) and applies == REPAIRS
+    forced, applies = services.judgement_for(services.Mode.FORCE, job=settings_, now=now)
+    assert forced.cutoffs is None and forced.fail_stalled is None and applies == REPAIRS
+    failing, applies = services.judgement_for(services.Mode.FAIL_STALLED, job=settings_, now=now)
+    assert failing.cutoffs is None and failing.fail_stalled is True and applies == ("stalled_failed",)
+
+
+def test_keyset_pages_go_newest_first_when_asked():
+    from generation.db import keyset_pages
+
+    ids = [make_batch((4, 0, 0, 0, 0)).pk for _ in range(5)]
+    assert list(keyset_pages(GenerationStatus.objects.all(), 2)) == [ids[:2], ids[2:4], ids[4:]]
+    assert list(keyset_pages(GenerationStatus.objects.all(), 2, descending=True)) == [
+        ids[:2:-1], ids[2:0:-1], ids[:1]]

@@ -374,3 +374,33 @@ def test_an_undone_batch_is_stuck_again_and_the_next_run_repairs_it_again():
     again = repair()
     assert again.statuses.by_rule["no_active_tasks"] == 1
     assert counters_of(batch) == Counters(10, 0, 0, 6, 4)
+
+
+# --- A queryset of records, a page at a time (the admin's "all N matching", undo_run) --------------
+
+
+def test_undo_of_a_queryset_goes_newest_first_a_page_at_a_time_and_keeps_a_batch_with_its_lock():
+    first = make_batch((10, 0, 2, 7, 3), lock_held_for=timedelta(minutes=10))
+    second = make_batch((10, 2, 5, 6, 0))
+    repair()
+    released = lock_record(first.lock_id)
+    # pages of one record, newest first: the released lock's record comes a page before its batch's
+    report = undo.undo_records(job=job(**{**PARAMS, "batch_size": 1}), matching=RepairRecord.objects.all(), keep=2)
+    assert report.undone_total == 3 and report.refused_total == 0 and report.with_batch_total == 1
+    assert len(report.outcomes) == 2 and report.truncated
+    assert counters_of(first) == Counters(10, 0, 2, 7, 3) and counters_of(second) == Counters(10, 2, 5, 6, 0)
+    assert GenerationLock.objects.filter(lock_id=first.lock_id).exists()
+    lock_undo = RepairRecord.objects.get(undo_of=released)
+    batch_undo = RepairRecord.objects.get(undo_of=status_record(first))
+    assert lock_undo.run_id == batch_undo.run_id == report.run_id  # one unit, not the lock alone first
+    assert lock_undo.pk > batch_undo.pk
+    run = CleanupRun.objects.get(pk=report.run_id)
+    assert (run.kind, run.examined, run.outcome) == ("undo", 3, "ok")
+
+
+def test_undo_run_reads_the_runs_records_as_a_queryset():
+    batch = make_batch((10, 2, 5, 6, 0))
+    run_id = repair().run_id
+    report = undo.undo_run(job=job(**PARAMS), run_id=run_id)
+    assert [o.target_id for o in report.undone] == [batch.pk]
+    assert CleanupRun.objects.get(pk=report.run_id).filters == {"select_across": {"run": run_id}}

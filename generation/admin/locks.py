@@ -3,24 +3,28 @@
 from datetime import timedelta
 
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
 from django.urls import reverse
 from django.utils.html import format_html
 
 from .. import rules, selectors, services
 from ..models import GenerationLock
-from ..report import format_duration, format_windows, release_message
+from ..report import format_duration, format_windows, lock_totals_summary, release_message
 from .common import (
+    SAMPLE,
     AccountColumns,
     ReadOnlyAdmin,
+    SelectorSearch,
     aborted_as_message,
     confirmation_page,
     confirmed,
     job_of,
     log_run,
     now_of,
-    selected_ids,
-    when,
+    result,
+    selection,
+    when_text,
 )
 
 
@@ -40,29 +44,26 @@ class ExpiredFilter(admin.SimpleListFilter):
 
 
 @admin.register(GenerationLock)
-class GenerationLockAdmin(AccountColumns, ReadOnlyAdmin):
-    list_display = ("lock", "account", "content", "locked", "age", "expired", "batch")
+class GenerationLockAdmin(SelectorSearch, AccountColumns, ReadOnlyAdmin):
+    list_display = ("lock", "account", "content", "age", "expiry", "batch")
     list_filter = (ExpiredFilter, "content_type")
     search_fields = ("account_id", "lock_id")
     search_help_text = "A lock's id (#12), an account id, or a lock id (exact)."
+    searched_by = staticmethod(selectors.search_locks)
     ordering = ("locked_at", "id")  # the oldest, most suspicious first
     list_per_page = 100
     show_full_result_count = False
     actions = ("release_selected",)
-    fields = ("id", "lock_id", "account_id", "content_type", "locked_at", "created_at", "age", "expired", "batch")
-    readonly_fields = ("age", "expired", "batch")
+    fields = ("id", "lock_id", "account_id", "content_type", "locked_at", "created_at", "age", "expiry", "batch")
+    readonly_fields = ("age", "expiry", "batch")
 
     def has_release_permission(self, request):
         return request.user.has_perm("generation.release_generationlock")
 
     def get_queryset(self, request):
+        self._job = job_of(request)  # the columns below have no request of their own (the same for every request)
         return selectors.locks_for_list(super().get_queryset(request), now=now_of(request),
                                         lock_ttl=job_of(request).lock_ttl)
-
-    def get_search_results(self, request, queryset, search_term):
-        if not search_term.strip():
-            return queryset, False
-        return selectors.search_locks(queryset, search_term), False
 
     @admin.display(description="lock id", ordering="lock_id")
     def lock(self, obj):
@@ -70,21 +71,26 @@ class GenerationLockAdmin(AccountColumns, ReadOnlyAdmin):
         short = obj.lock_id if len(obj.lock_id) <= 13 else obj.lock_id[:8] + "…"
         return format_html('<span class="gen-mono" title="{}">{}</span>', obj.lock_id, short)
 
-    @admin.display(description="locked at", ordering="locked_at")
-    def locked(self, obj):
-        return when(obj.locked_at)
-
-    @admin.display(description="age", ordering="locked_at")
+    @admin.display(description="held", ordering="locked_at")
     def age(self, obj):
-        return format_duration(max(obj.checked_at - obj.locked_at, timedelta(0)))
+        return format_html('<span title="locked at {}">{}</span>', when_text(obj.locked_at),
+                           format_duration(max(obj.checked_at - obj.locked_at, timedelta(0))))
 
-    def get_changelist_instance(self, request):
-        self._job = job_of(request)  # the columns below have no request of their own
-        return super().get_changelist_instance(request)
+    @admin.display(description="expires", ordering="locked_at")
+    def expiry(self, obj):
+        """Expired (by its content type's TTL: selectors.locks_for_list) is a problem the next run deletes."""
+        ttl = self._job.lock_ttl.for_type(obj.content_type)
+        held = max(obj.checked_at - obj.locked_at, timedelta(0))
+        if obj.is_expired:
+            return format_html('<span class="gen-diagnosis gen-expired" title="TTL {}">expired {} ago</span>',
+                               format_duration(ttl), format_duration(max(held - ttl, timedelta(0))))
+        return format_html('<span title="TTL {}">in {}</span>', format_duration(ttl),
+                           format_duration(max(ttl - held, timedelta(0))))
 
-    @admin.display(description="expired", boolean=True)
-    def expired(self, obj):
-        return obj.is_expired  # by its content type's TTL (selectors.locks_for_list)
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        offer = self.has_release_permission(request)
+        return super().change_view(request, object_id, form_url, {
+            **(extra_context or {}), "offer_release": offer, "action_checkbox_name": ACTION_CHECKBOX_NAME})
 
     @admin.display(description="batch")
     def batch(self, obj):
@@ -105,23 +111,28 @@ class GenerationLockAdmin(AccountColumns, ReadOnlyAdmin):
     def release_selected(self, request, queryset):
         if not self.has_release_permission(request):
             raise PermissionDenied
-        ids = selected_ids(self, request, queryset, "locks")
-        if not ids:
+        chosen = selection(self, request, queryset, "locks")
+        if not chosen:
             return None
         job = job_of(request)
         if confirmed(request):
-            report = services.release_locks(job=job, ids=ids, actor=request.user)
+            report = services.release_locks(job=job, **chosen.rows(), actor=request.user)
             log_run(request, report.run_id)
             level, text = release_message(report)
-            self.message_user(request, text, level)
+            result(self, request, level, text, report.run_id)
             if report.locks.failed_batches:
                 self.message_user(request, "Rolled back: " + " | ".join(report.errors), messages.ERROR)
             return None
+        ids = selectors.first_ids(chosen.matching, SAMPLE) if chosen.across else chosen.ids
         preview = services.release_locks(job=job, ids=ids, actor=request.user, dry_run=True)
         rows = [_lock_row(detail, job.stuck_after.for_type(detail.content_type)) for detail in preview.locks.details]
-        return confirmation_page(
-            self, request, "admin/generation/release_confirmation.html", title="Release generation locks", ids=ids,
-            action="release_selected", rows=rows, progressing=sum(1 for row in rows if row["progressing"]))
+        context = {"rows": rows, "progressing": sum(1 for row in rows if row["progressing"])}
+        if chosen.across:
+            totals = selectors.lock_totals(chosen.matching, now=now_of(request), lock_ttl=job.lock_ttl,
+                                           stuck_after=job.stuck_after)
+            context.update(summary=lock_totals_summary(totals), progressing=totals["of_moving_batches"])
+        return confirmation_page(self, request, "admin/generation/release_confirmation.html",
+                                 title="Release generation locks", chosen=chosen, action="release_selected", **context)
 
 
 def _lock_row(detail, stuck_after: timedelta) -> dict:
