@@ -7,6 +7,8 @@ Callers log an event name as the message and the fields as `extra={"fields": {..
 """
 
 import atexit
+import copy
+import itertools
 import json
 import logging
 import queue
@@ -21,6 +23,7 @@ from pathlib import Path
 _NEEDS_QUOTES = re.compile(r'[ ="\n]')
 # json.dumps' spelling of the commonest values, without its cost: a backlog run logs ~2 million values
 _LITERALS = {None: "null", True: "true", False: "false"}
+LINES_PER_WRITE = 100  # a page's event lines are formatted and written this many at a time
 
 
 def _text_value(value):
@@ -91,10 +94,16 @@ class _EventWriter:
         while True:
             logger, record = self.queue.get()
             try:
-                if callable(record.events):  # built here: the page's rows, not yet its lines
-                    record.events = record.events()
-                if record.events:
+                if not callable(record.events):
                     logger.handle(record)
+                    continue
+                # built here from the page's rows, and written LINES_PER_WRITE lines at a time (the same record's
+                # time and level): a page's worth of lines is never held at once
+                events = record.events()
+                while chunk := list(itertools.islice(events, LINES_PER_WRITE)):
+                    part = copy.copy(record)
+                    part.events = chunk
+                    logger.handle(part)
             except Exception:  # noqa: BLE001 - logging's own convention: report, never raise from a handler
                 logging.Handler().handleError(record)
             finally:
@@ -112,7 +121,8 @@ drain = _writer.drain
 
 def log_events(logger, level, events):
     """Log many events as one record, one line each: `events` is [(event, fields), ...] or a function that
-    returns them (called on the writer thread). The record is made now and written by the writer thread."""
+    returns them, best as a generator (called on the writer thread, which writes them LINES_PER_WRITE at a
+    time). The record is made now and written by the writer thread."""
     if logger.isEnabledFor(level) and (callable(events) or events):
         record = logger.makeRecord(logger.name, level, "(events)", 0, "events", None, None,
                                    extra={"events": events})

@@ -314,10 +314,10 @@ def _release_and_record(repaired, finished_locks: dict, status_pass: StatusPass,
             records.append(Record(run_id, kind, lock_pk, account_id, content_type, rule, snapshot, None, actor_id))
     save_records(records)
     logged = tuple(released)  # the caller sorts its list while the writer thread may be reading this
-    log_events(logger, logging.INFO, lambda: [
+    log_events(logger, logging.INFO, lambda: (
         ("lock_released", {"lock_id": lock_id, "lock_pk": lock_pk, "batch_id": batch_id, "account_id": account_id,
                            "content_type": content_type})
-        for lock_pk, lock_id, account_id, content_type, _locked_at, _held, batch_id, _rule in logged])
+        for lock_pk, lock_id, account_id, content_type, _locked_at, _held, batch_id, _rule in logged))
     return released
 
 
@@ -326,8 +326,7 @@ def _log_status_page(page: Page, dry_run: bool):
     built on the event writer's thread, while this one waits for the database (logging.log_events)."""
     rows, left_alone = [row[:BEFORE] for row in page.rows], frozenset(page.left_alone)  # not the snapshots
 
-    def events(wanted):
-        made = []
+    def events(wanted):  # a generator: the page's lines are formatted one at a time, not held as dicts
         for row in rows:
             verdict = row[VERDICT]
             if row[ID] in left_alone:
@@ -343,8 +342,7 @@ def _log_status_page(page: Page, dry_run: bool):
             if event == "repair":
                 fields["status_after"] = row[AFTER_STATUS]
                 fields["counters_after"] = f"{row[T]}/{row[AFTER_Q]}/{row[AFTER_P]}/{row[C]}/{row[AFTER_F]}"
-            made.append((event, fields))
-        return made
+            yield event, fields
 
     log_events(logger, logging.INFO, lambda: events(False))
     log_events(logger, logging.ERROR, lambda: events(True))
@@ -374,5 +372,5 @@ def lock_page(ids, lock_pass: LockPass, *, dry_run: bool, run, actor, released=f
         page.applied = True
     event = "lock_expired" if lock_pass.rule == RecordRule.EXPIRED_LOCK else "lock_released"
     details = page.lock_details()
-    log_events(logger, logging.INFO, lambda: [(event, {"dry_run": dry_run, **detail.as_dict()}) for detail in details])
+    log_events(logger, logging.INFO, lambda: ((event, {"dry_run": dry_run, **detail.as_dict()}) for detail in details))
     return page

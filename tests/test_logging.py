@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from generation.logging import EventFormatter, command_event_log
+from generation.logging import LINES_PER_WRITE, EventFormatter, command_event_log, drain, log_events
 from generation.models import Trigger
 
 logger = logging.getLogger("generation.services")
@@ -20,6 +20,33 @@ def record(event, **fields):
 def test_a_str_enum_is_written_as_its_value():
     text = EventFormatter().format(record("run_started", trigger=Trigger.COMMAND, note="two words"))
     assert text.endswith(' event=run_started trigger=command note="two words"')
+
+
+def test_a_pages_events_are_written_in_order_a_few_at_a_time_to_every_handler(tmp_path):
+    """log_events with a function: its events are made on the writer thread and written LINES_PER_WRITE
+    lines per record, each line once to each handler, in order; an empty page writes nothing."""
+    generation = logging.getLogger("generation")
+    files = [tmp_path / "one.log", tmp_path / "two.log"]
+    handlers = [logging.FileHandler(path, encoding="utf-8") for path in files]
+    writes = []
+    for handler in handlers:
+        handler.setFormatter(EventFormatter())
+        handler.emit = (lambda emit: lambda made: (writes.append(len(made.events)), emit(made)))(handler.emit)
+    saved, generation.handlers = generation.handlers, handlers
+    count = 2 * LINES_PER_WRITE + 7
+    try:
+        log_events(logger, logging.INFO, lambda: (("repair", {"id": n}) for n in range(count)))
+        log_events(logger, logging.ERROR, lambda: iter(()))
+        drain()
+    finally:
+        generation.handlers = saved
+        for handler in handlers:
+            handler.close()
+    for path in files:
+        lines = path.read_text().splitlines()
+        assert [line.rsplit(" ", 1)[1] for line in lines] == [f"id={n}" for n in range(count)]
+        assert all(" level=INFO " in line for line in lines)
+    assert writes == [LINES_PER_WRITE] * 2 + [LINES_PER_WRITE] * 2 + [7] * 2
 
 
 @pytest.fixture
