@@ -132,7 +132,7 @@ def test_as_a_process_without_a_password_or_a_terminal_it_exits_1_with_one_line(
     result = manage("setup_roles", "--user", "alice", "--role", "viewer", env={"DATABASE_URL": database,
                                                                                "ADMIN_USER_PASSWORD": ""})
     assert result.returncode == 1
-    assert result.stderr == ("CommandError: user 'alice' is new and needs a password: set ADMIN_USER_PASSWORD "
+    assert result.stderr == ("user 'alice' is new and needs a password: set ADMIN_USER_PASSWORD "
                              "or run this at a terminal to be asked\n")
     refused = manage("setup_roles", "--user", "alice", "--role", "viewer", "--password", PASSWORD,
                      env={"DATABASE_URL": database})

@@ -2,10 +2,11 @@ import os
 import sys
 from getpass import getpass
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import InterfaceError, OperationalError
 
 from generation import roles
+from generation.management.base import OperatorCommand
 
 PASSWORD_VARIABLE = "ADMIN_USER_PASSWORD"  # noqa: S105 - the name of the variable, not a password
 
@@ -27,7 +28,7 @@ def describe_user(change: roles.UserChange) -> str:
     return f"user {change.username}: staff in group {change.role}{was}; password unchanged"
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = (
         "Create the admin's role groups, viewer (sees everything, changes nothing) and repairer (also repairs, "
         "fails stalled, undoes, releases locks), with exactly their permissions: safe to run on every deploy. "
