@@ -200,6 +200,15 @@ def checkout(rev) -> Path:
     where.mkdir()
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    return compiled(where)
+
+
+def compiled(where: Path) -> Path:
+    """A checkout's bytecode written beforehand, as the image does (Dockerfile): under
+    PYTHONDONTWRITEBYTECODE, or as a user who may not write the code's folder, every run would compile
+    each of the project's modules again (~0.15 s of a quiet run on this machine)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "manage.py", "butter_admin", "generation"], cwd=where,
+                   check=True)
     return where
 
 
@@ -385,6 +394,7 @@ def summary(samples):
 
 def mode_run(args, dbs):
     info = machine()
+    compiled(ROOT)
     backlog = Shape(args.rows, args.backlog, args.locks, args.locks // 10)
     quiet_large = Shape(args.rows, 0, 1_000, 0)
     quiet_small = Shape(args.quiet_rows, 0, 1_000, 0)
@@ -525,6 +535,7 @@ def indent(text):
 
 def mode_sweep(args, dbs):
     info = machine()
+    compiled(ROOT)
     points = {}
     for backlog in args.backlogs:
         shape = Shape(args.rows, backlog, args.locks, backlog // 10)

@@ -277,6 +277,18 @@ def test_dockerfile_base_image_user_and_install():
     assert kinds.index("COPY") < kinds.index("RUN")
 
 
+def test_dockerfile_compiles_the_code_it_copies():
+    """The running user may not write /app and PYTHONDONTWRITEBYTECODE is set: without bytecode built into the
+    image, every cleanup run would compile each of the project's modules again."""
+    kinds = [(item["instruction"], item["value"]) for item in dockerfile().structure]
+    compile_at = next(i for i, (kind, value) in enumerate(kinds)
+                      if kind == "RUN" and value.startswith("python -m compileall"))
+    compiled = [word for word in kinds[compile_at][1].split()[3:] if not word.startswith("-")]
+    code = [source.rstrip("/") for source, _ in copies() if source != "requirements.txt"]
+    assert sorted(compiled) == sorted(code)
+    assert all(i < compile_at for i, (kind, _) in enumerate(kinds) if kind == "COPY")
+
+
 def test_dockerfile_cmd_is_the_documented_command():
     assert json.loads(dockerfile().cmd) == DOCUMENTED_COMMAND
     docs = (ROOT / "docs" / "operations.md").read_text()
