@@ -172,6 +172,22 @@ def _lock_record(rng, run, at):
                         before=before, after=None, created_at=at)
 
 
+def replaced(element) -> bool:
+    """The page that held `element` is gone (ec.staleness_of, plus what ChromeDriver may answer instead of
+    "stale" while the next page replaces the document: "Node with given id does not belong to the document")."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
+
+
 # The server thread builds its middleware when it starts, so the settings are overridden on the class:
 # Django applies them in setUpClass before it starts the live server (as in Django's own selenium tests).
 @override_settings(
@@ -213,7 +229,7 @@ class AdminInChromium(StaticLiveServerTestCase):
 
         old = self.find("html")
         self.find(css).click()
-        self.wait.until(ec.staleness_of(old))
+        self.wait.until(lambda _: replaced(old))
         self.wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, then)))
 
     def fits(self):
