@@ -71,10 +71,12 @@ def bound_waits(lock_timeout: timedelta | None, statement_timeout: timedelta | N
     a commit that does not wait for the WAL to reach the disk (synchronous_commit = off)."""
     if connection.vendor != "postgresql" or not (lock_timeout or statement_timeout or not flush):
         return
+    values = {"lock_timeout": _milliseconds(lock_timeout), "statement_timeout": _milliseconds(statement_timeout)}
+    if not flush:  # otherwise the server's own synchronous_commit (on, remote_apply, ...) stands
+        values["synchronous_commit"] = "off"
     with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true), "
-                       "set_config('synchronous_commit', %s, true)",
-                       [_milliseconds(lock_timeout), _milliseconds(statement_timeout), "on" if flush else "off"])
+        cursor.execute("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in values),
+                       [part for item in values.items() for part in item])
 
 
 @contextmanager

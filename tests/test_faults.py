@@ -15,6 +15,7 @@ from django.core.management import load_command_class
 from django.db import connection
 
 from generation import pages, rules, services
+from generation.db import bounded_transaction
 from generation.models import CleanupRun, GenerationLock, GenerationStatus, RepairRecord
 from generation.rules import Counters
 
@@ -298,3 +299,26 @@ def test_statement_timeout_on_a_page_rolls_it_back_reports_it_and_the_run_contin
     run = CleanupRun.objects.get(pk=report.run_id)
     assert (run.outcome, run.repaired_no_active_tasks) == ("errors", 6)
     assert "statement timeout" in run.error
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_only_the_engines_pages_turn_synchronous_commit_off_for_their_own_transaction():
+    """A page commits without waiting for the disk (flush=False); every other bounded transaction keeps the
+    server's synchronous_commit, whatever it is, and nothing outlives its transaction."""
+    def setting():
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit = remote_apply")
+    try:
+        with bounded_transaction(timedelta(seconds=5), timedelta(seconds=5)):
+            assert setting() == "remote_apply"
+        with bounded_transaction(timedelta(seconds=5), timedelta(seconds=5), flush=False):
+            assert setting() == "off"
+        assert setting() == "remote_apply"
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET synchronous_commit")
