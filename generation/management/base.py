@@ -21,3 +21,10 @@ class OperatorCommand(BaseCommand):
                 raise
             self.stderr.write(str(exc))
             sys.exit(exc.returncode)
+
+
+def unreachable(exc, what: str = "database") -> CommandError:
+    """The error for a database that cannot be reached: the driver's first line (never the URL), exit 1."""
+    text = str(exc).strip()
+    return CommandError(f"cannot reach the {what}: {text.splitlines()[0] if text else type(exc).__name__}",
+                        returncode=1)

@@ -9,7 +9,7 @@ from generation import monitoring, services
 from generation.conf import job_settings, parse_fail_stalled_windows, parse_positive_int, parse_windows
 from generation.db import ConnectionLost, database_name
 from generation.logging import command_event_log
-from generation.management.base import OperatorCommand
+from generation.management.base import OperatorCommand, unreachable
 from generation.models import ContentType, Outcome, Trigger
 from generation.report import (
     format_event_log,
@@ -133,8 +133,7 @@ class Command(OperatorCommand):
             except ConnectionLost as exc:
                 raise CommandError(f"cleanup aborted: {exc}", returncode=1) from None
             except (OperationalError, InterfaceError) as exc:
-                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise CommandError(f"cannot reach the {database_name()}: {first_line}", returncode=1) from None
+                raise unreachable(exc, database_name()) from None
             finally:
                 if printer:
                     printer.close()

@@ -6,7 +6,7 @@ from django.core.management.base import CommandError
 from django.db import InterfaceError, OperationalError
 
 from generation import roles
-from generation.management.base import OperatorCommand
+from generation.management.base import OperatorCommand, unreachable
 
 PASSWORD_VARIABLE = "ADMIN_USER_PASSWORD"  # noqa: S105 - the name of the variable, not a password
 
@@ -53,8 +53,7 @@ class Command(OperatorCommand):
         except roles.RoleError as exc:
             raise CommandError(str(exc)) from None
         except (OperationalError, InterfaceError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CommandError(f"cannot reach the database: {first_line}") from None
+            raise unreachable(exc) from None
 
     def new_password(self, username):
         if os.environ.get(PASSWORD_VARIABLE):

@@ -7,7 +7,7 @@ from django.db import InterfaceError, OperationalError
 from generation import undo
 from generation.conf import job_settings
 from generation.db import ConnectionLost
-from generation.management.base import OperatorCommand
+from generation.management.base import OperatorCommand, unreachable
 from generation.models import CleanupRun, Trigger
 from generation.report import format_undo_outcome, format_undo_summary
 
@@ -56,8 +56,7 @@ class Command(OperatorCommand):
         except ConnectionLost as exc:
             raise CommandError(f"undo aborted: {exc}", returncode=1) from None
         except (OperationalError, InterfaceError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CommandError(f"cannot reach the database: {first_line}", returncode=1) from None
+            raise unreachable(exc) from None
 
         if as_json:
             self.stdout.write(json.dumps(report.as_dict(), default=str))
