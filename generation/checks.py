@@ -7,6 +7,9 @@ says nothing (migrate will create the tables) unless the backend's tables are
 already there, when it warns that `migrate --fake-initial` adopts them; once
 0001 is recorded (applied or faked), a missing table or column, or a
 column of another kind, is an error.
+
+Every check here is also tagged `generation` (JOB_CHECKS): the cleanup command runs those and the models'
+checks, not the web side's (`manage.py check --tag generation` runs them alone).
 """
 
 import os
@@ -18,6 +21,8 @@ from django.db.migrations.recorder import MigrationRecorder
 
 from .conf import job_settings, settings_errors
 from .models import ContentType
+
+JOB_CHECKS = "generation"  # the tag of the job's own checks
 
 
 class Messages:
@@ -63,12 +68,12 @@ def _kind(field_type):
     return next((kind for kind, types in _KINDS.items() if field_type in types), field_type)
 
 
-@checks.register()
+@checks.register(JOB_CHECKS)
 def check_settings(app_configs=None, **kwargs):
     return [checks.Error(message, id=Messages.SETTINGS_ID) for message in settings_errors()]
 
 
-@checks.register()
+@checks.register(JOB_CHECKS)
 def check_log_file(app_configs=None, **kwargs):
     if settings_errors():
         return []
@@ -90,7 +95,7 @@ WINDOW_SETTINGS = (("GENERATION_STUCK_AFTER", "stuck_after"), ("GENERATION_LOCK_
                    ("GENERATION_FAIL_STALLED_AFTER", "fail_stalled_after"))
 
 
-@checks.register()
+@checks.register(JOB_CHECKS)
 def check_window_content_types(app_configs=None, **kwargs):
     """A content type the contract does not name is allowed in a window (the backend may add one), but said."""
     if settings_errors():
@@ -139,7 +144,7 @@ def _mirrored_tables_present(connection):
     return any(model._meta.db_table in tables for model in _mirrored_models())
 
 
-@checks.register(checks.Tags.database)
+@checks.register(checks.Tags.database, JOB_CHECKS)
 def check_mirrored_tables(app_configs=None, databases=None, **kwargs):
     messages = []
     for alias in databases or []:

@@ -6,7 +6,7 @@ Two sources share one set of names (README, "Monitoring"):
   index-driven queries in one transaction under METRICS_STATEMENT_TIMEOUT, and
   `exposition()` renders them. Nothing is kept in the web process between scrapes.
 - each job run reports its own figures to a node exporter textfile and/or a Pushgateway
-  (monitoring.py), through `run_families()`.
+  (monitoring.py), through `export.run_families()`.
 
 The stuck batches are classified by `stuck_batches()` alone, with health's stuck predicate and
 rule_case(): the expressions the admin's filters and health page use, never a form of the rules of
@@ -28,13 +28,11 @@ from . import expressions as ex
 from . import health, rules, selectors
 from .conf import JobSettings, job_settings, monitoring_settings
 from .db import bound_waits, database_now
-from .models import CleanupRun, ContentType, GenerationStatus, Outcome, RecordRule, Trigger
+from .models import FAILED, UNFINISHED, CleanupRun, ContentType, GenerationStatus, Outcome, RecordRule, Trigger
 
 PREFIX = "butter"
-# A run's outcome as the metrics spell it: the CleanupRun outcomes, `unfinished` for a run row without one
-# (still running, or its process died: /metrics only) and `failed` for a run that could not reach the
-# database or was aborted (the job's own report only: such a run may leave no row).
-UNFINISHED, FAILED = "unfinished", "failed"
+# A run's outcome as the metrics spell it: the CleanupRun outcomes, and the two of models.py for a run
+# without one.
 OUTCOMES = (Outcome.OK.value, Outcome.ERRORS.value, Outcome.SKIPPED.value, UNFINISHED, FAILED)
 # The audit table's rules, from the per-rule counts each CleanupRun keeps (services writes them with its
 # records): summing one row per run, never the records themselves, keeps a scrape cheap on a large history.

@@ -126,6 +126,12 @@ class Outcome(models.TextChoices):
     SKIPPED = "skipped", "skipped"
 
 
+# A run's outcome as the metrics spell it beyond Outcome: `unfinished` for a run row without one (still
+# running, or its process died: /metrics only) and `failed` for a run that could not reach the database or
+# was aborted (the job's own report only: such a run may leave no row).
+UNFINISHED, FAILED = "unfinished", "failed"
+
+
 class CleanupRun(models.Model):
     """One run of the cleanup (command, cron or an admin action) or of an undo. Outcome is empty while it
     runs and stays empty if the process died before finishing."""

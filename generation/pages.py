@@ -14,8 +14,9 @@ A page of batches:
 4. one COPY of the page's audit records.
 A dry run does step 1 without row locks, and nothing else but look up which locks would be released.
 
-The querysets are built once per pass (a Pass) and only filtered by each page's ids: building the select's
-CASEs costs ~15 ms, which a backlog's hundreds of pages would otherwise pay each time.
+The querysets are built once per pass (a Pass), with its first page, and only filtered by each page's ids:
+building the select's CASEs costs ~15 ms, which a backlog's hundreds of pages would otherwise pay each time
+and a quiet run, which has no page, need not pay at all.
 """
 
 import json

@@ -201,13 +201,15 @@ def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> t
     except DatabaseError as exc:
         what = "the check for unjudgeable batches"
         _failed(report, report.statuses, f"{what}: failed, left for the next run ({one_line(exc)})", what, exc)
-    judged = status_pass(ex.Judgement(cutoffs=report.cutoffs, fail_stalled=report.fail_cutoffs), rules.REPAIRS,
-                         reports=True, selected=False, clock=ex.pass_clock(connection))
     candidates = stuck_candidates(cutoffs=report.cutoffs, accounts=accounts, content_types=content_types)
-    released, repaired = set(), RepairedIds()
+    released, repaired, judged = set(), RepairedIds(), None
     for ids in _pages(report, report.statuses, "status pages", job, candidates):
-        page = _run_page(report, report.statuses, f"status page #{ids[0]}..#{ids[-1]}", job, lambda ids=ids: (
-            status_page(ids, judged, dry_run=report.dry_run, run=run, actor=actor)))
+        judged = judged or status_pass(  # built with the first page: a quiet run has none and skips its cost
+            ex.Judgement(cutoffs=report.cutoffs, fail_stalled=report.fail_cutoffs), rules.REPAIRS, reports=True,
+            selected=False, clock=ex.pass_clock(connection))
+        page = _run_page(report, report.statuses, f"status page #{ids[0]}..#{ids[-1]}", job,
+                         lambda ids=ids, judged=judged: status_page(ids, judged, dry_run=report.dry_run, run=run,
+                                                                    actor=actor))
         if page:
             repaired.update(page.repaired_unfinished)
             if report.dry_run:
@@ -222,11 +224,13 @@ def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> t
 
 def _expired_lock_pass(report, job, run, actor, accounts, content_types, on_page, released, repaired):
     candidates = expired_lock_candidates(cutoffs=report.lock_cutoffs, accounts=accounts, content_types=content_types)
-    judged = lock_pass(cutoffs=report.lock_cutoffs, rule=RecordRule.EXPIRED_LOCK, clock=ex.pass_clock(connection))
+    judged = None
     for ids in _pages(report, report.locks, "lock pages", job, candidates):
-        page = _run_page(report, report.locks, f"lock page #{ids[0]}..#{ids[-1]}", job, lambda ids=ids: (
-            lock_page(ids, judged, dry_run=report.dry_run, run=run, actor=actor,
-                      released=released, repaired=repaired)))
+        judged = judged or lock_pass(cutoffs=report.lock_cutoffs, rule=RecordRule.EXPIRED_LOCK,
+                                     clock=ex.pass_clock(connection))
+        page = _run_page(report, report.locks, f"lock page #{ids[0]}..#{ids[-1]}", job,
+                         lambda ids=ids, judged=judged: lock_page(ids, judged, dry_run=report.dry_run, run=run,
+                                                                  actor=actor, released=released, repaired=repaired))
         if on_page:
             on_page("locks", page.lock_details() if page else [])
         page = None

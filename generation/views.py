@@ -12,7 +12,6 @@ from django.http import HttpResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from . import metrics
 from .conf import monitoring_settings
 from .db import database_name, one_line
 
@@ -39,6 +38,10 @@ def _refusal(request, token):
 @require_safe
 @never_cache
 def metrics_view(request):
+    # imported here: every manage.py command imports this module (the URL checks), and the cleanup's cron run
+    # must not pay for loading prometheus_client (~10 ms) that only a scrape uses
+    from . import metrics
+
     try:
         refusal = _refusal(request, monitoring_settings().metrics_token)
         if refusal is not None:

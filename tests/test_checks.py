@@ -1,11 +1,15 @@
 """The schema check, through `manage.py` on scratch PostgreSQL databases, and in-process on any database."""
 
+from io import StringIO
+
 import psycopg
 import pytest
 from django.core import checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 from django.db import connection
 
-from generation.checks import Messages, check_mirrored_tables, schema_problems
+from generation.checks import JOB_CHECKS, Messages, check_mirrored_tables, schema_problems
 
 from .helpers import ROOT, create_backend_tables, manage, scratch_database
 
@@ -121,3 +125,40 @@ def test_log_folder_check_warns_when_a_file_stands_where_the_folder_should_be(se
     settings.CLEANUP_LOG_FILE = str(tmp_path / "afile" / "cleanup.log")
     [warning] = check_log_file()
     assert warning.id == Messages.LOG_DIR_ID
+
+
+@pytest.fixture
+def registered_check():
+    """Register a failing system check under the given tags for one test."""
+    added = []
+
+    def register(*tags):
+        def failing(app_configs=None, **kwargs):
+            return [checks.Error(f"a failing check tagged {', '.join(tags)}", id="test.E001")]
+
+        checks.register(failing, *tags)
+        added.append(failing)
+
+    yield register
+    for check in added:
+        checks.registry.registry.registered_checks.discard(check)
+
+
+@pytest.mark.django_db
+def test_the_cleanup_runs_the_jobs_checks_and_not_the_web_sides(registered_check):
+    # a mistake in the admin or the URLs is `manage.py check`'s to report: it must not stop the job that keeps
+    # generation unblocked (nor make every cron run import the whole web side to look for it)
+    registered_check(checks.Tags.urls)
+    registered_check(checks.Tags.admin)
+    call_command("cleanup_stuck_generation", "--dry-run", skip_checks=False, stdout=StringIO())
+    registered_check(JOB_CHECKS)
+    with pytest.raises(SystemCheckError, match="a failing check tagged generation"):
+        call_command("cleanup_stuck_generation", "--dry-run", skip_checks=False, stdout=StringIO())
+
+
+def test_every_check_of_the_job_is_tagged_so():
+    # `manage.py check --tag generation` runs them all; the cleanup runs those and the models' checks
+    ours = {check.__name__ for check in checks.registry.registry.get_checks() if check.__module__ == "generation.checks"}
+    tagged = {check.__name__ for check in checks.registry.registry.get_checks()
+              if check.__module__ == "generation.checks" and JOB_CHECKS in check.tags}
+    assert ours and tagged == ours

@@ -20,7 +20,7 @@ from generation.db import database_name
 from generation.models import CleanupRun
 
 from .factories import make_batch
-from .helpers import Recorder, free_port
+from .helpers import Recorder, free_port, manage
 from .test_metrics import samples, value
 
 
@@ -278,3 +278,16 @@ def test_bad_monitoring_settings_are_one_line_each_never_echoing_secrets(setting
     assert "short-secret" not in " ".join(errors) and "passwd" not in " ".join(errors)
     with pytest.raises(ImproperlyConfigured, match="^METRICS_TOKEN is shorter"):
         monitoring_settings()
+
+
+def test_only_a_run_that_exports_loads_prometheus_client(tmp_path):
+    # the cron run of a quiet table is mostly start-up: loading prometheus_client for nothing cost ~10 ms of it
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    assert manage("migrate", "--verbosity", "0", env=env).returncode == 0
+    probe = ("import sys; from django.core.management import call_command; call_command('check'); "
+             "call_command('cleanup_stuck_generation', '-v', '0'); print('prometheus_client' in sys.modules)")
+    quiet = manage("shell", "-c", probe, env=env)
+    exporting = manage("shell", "-c", probe, env={**env, "CLEANUP_METRICS_TEXTFILE": str(tmp_path / "job.prom")})
+    assert quiet.returncode == 0 and exporting.returncode == 0, quiet.stderr + exporting.stderr
+    assert quiet.stdout.split()[-1] == "False"
+    assert exporting.stdout.split()[-1] == "True" and (tmp_path / "job.prom").exists()

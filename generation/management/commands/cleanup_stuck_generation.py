@@ -2,10 +2,12 @@ import argparse
 import json
 import sys
 
+from django.core import checks
 from django.core.management.base import CommandError
 from django.db import InterfaceError, OperationalError
 
 from generation import monitoring, services
+from generation.checks import JOB_CHECKS
 from generation.conf import job_settings, parse_fail_stalled_windows, parse_positive_int, parse_windows
 from generation.db import ConnectionLost, database_name
 from generation.logging import command_event_log
@@ -65,6 +67,10 @@ class Command(OperatorCommand):
         "The event log (one line per event) goes to stderr, except at a terminal, where it is appended to "
         "CLEANUP_LOG_FILE unless -v 3 shows it."
     )
+    # The checks that concern the job: its settings and the models it mirrors. The web side's (admin, URLs,
+    # templates, static files) are `manage.py check`'s: a cron run every few minutes need not import the
+    # whole admin to check it, and a mistake there must not stop the job that keeps generation unblocked.
+    requires_system_checks = [checks.Tags.models, JOB_CHECKS]
 
     def add_arguments(self, parser):
         # each window is a duration, or a default and each content type's own: 3h,video=8h (replacing the setting)
