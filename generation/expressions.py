@@ -345,30 +345,33 @@ class Judgement:
 # --- Snapshots: what an audit record holds, built by the database ----------------------------------
 
 
-def status_snapshot(values: dict | None = None):
-    """A status row's repairable values as JSON text (RepairRecord.before/after). `values` replaces columns
-    by expressions (the after-values); timestamps as ISO 8601 text."""
+def status_snapshot(values: dict | None = None, *, text: bool = True):
+    """A status row's repairable values as JSON (RepairRecord.before/after): text to read in Python, or the
+    JSON value itself to insert (text=False). `values` replaces columns by expressions (the after-values);
+    timestamps as ISO 8601 text."""
     values = values or {}
     pick = {name: values.get(name, F(name)) for name in (*COUNTER_FIELDS, "status")}
-    return Cast(JSONObject(
+    snapshot = JSONObject(
         **pick,
         completed_at=IsoTime(values.get("completed_at", F("completed_at"))),
         updated_at=IsoTime(values.get("updated_at", F("updated_at"))),
-    ), TextField())
+    )
+    return Cast(snapshot, TextField()) if text else snapshot
 
 
-def status_snapshot_after(judgement: Judgement, clock):
+def status_snapshot_after(judgement: Judgement, clock, *, text: bool = True):
     return status_snapshot({
         **{name: judgement.after(name) for name in WRITTEN},
         "completed_at": judgement.after_timestamp("completed_at", clock),
         "updated_at": judgement.after_timestamp("updated_at", clock),
-    })
+    }, text=text)
 
 
-def lock_snapshot():
-    """A lock row as JSON text (RepairRecord.before of a deleted lock)."""
-    return Cast(JSONObject(lock_id=F("lock_id"), account_id=F("account_id"), content_type=F("content_type"),
-                           locked_at=IsoTime(F("locked_at")), created_at=IsoTime(F("created_at"))), TextField())
+def lock_snapshot(*, text: bool = True):
+    """A lock row as JSON (RepairRecord.before of a deleted lock): text, or the JSON value (text=False)."""
+    snapshot = JSONObject(lock_id=F("lock_id"), account_id=F("account_id"), content_type=F("content_type"),
+                          locked_at=IsoTime(F("locked_at")), created_at=IsoTime(F("created_at")))
+    return Cast(snapshot, TextField()) if text else snapshot
 
 
 # --- Locks and the batches that refer to them --------------------------------------------------------

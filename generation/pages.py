@@ -4,22 +4,22 @@ transaction, with a constant number of statements whatever the page holds.
 A page of batches:
 1. one select of the page's rows, locked with FOR UPDATE SKIP LOCKED (a row a worker is writing is skipped
    and counted as skipped_busy, never waited on), returning plain values annotated by the database with each
-   row's verdict, its after-values and its before/after snapshots, all from expressions.py's ordered CASEs
-   over the row as locked;
-2. one UPDATE per rule, with the same expressions, WHERE the row's verdict is still that rule: only the
+   row's verdict and its after-values, all from expressions.py's ordered CASEs over the row as locked;
+2. one INSERT ... SELECT of the audit records of the rows it repairs: the database builds each record's
+   before/after snapshots from the locked row with the same expressions (the JSON never crosses into
+   Python), before anything is written;
+3. one UPDATE per rule, with the same expressions, WHERE the row's verdict is still that rule: only the
    columns the rule changes are written, under the row lock, so a worker's increment waits for the commit
-   and lands on top; the audit record's `after` is what the database computed with the very expressions
-   it wrote, at the same transaction timestamp;
-3. one select and one delete of the finished batches' locks;
-4. one COPY of the page's audit records.
-A dry run does step 1 without row locks, and nothing else but look up which locks would be released.
+   and lands on top; the record's `after` is what this UPDATE writes, at the same transaction timestamp;
+4. one select of the finished batches' locks, one INSERT ... SELECT of their records and one delete.
+A dry run does step 1 without row locks, and nothing else but look up which locks would be released. What a
+report shows of a batch (its details, its event line) is built from the plain values of step 1.
 
 The querysets are built once per pass (a Pass), with its first page, and only filtered by each page's ids:
 building the select's CASEs costs ~15 ms, which a backlog's hundreds of pages would otherwise pay each time
 and a quiet run, which has no page, need not pay at all.
 """
 
-import json
 import logging
 from array import array
 from bisect import bisect_left
@@ -36,18 +36,19 @@ from .logging import log_events
 from .models import GenerationLock, GenerationStatus, RecordKind, RecordRule
 from .results import CleanupReport, LockDetail, LockTotals, StatusDetail, StatusTotals, keep
 from .rules import COUNTER_FIELDS, FINISHING, Rule
-from .runlog import Record, save_records
+from .runlog import insert_records
 
 logger = logging.getLogger("generation.services")
 
 # The values a page of batches selects, in this order (tuples, not model instances).
 STATUS_ROW = ("id", "account_id", "content_type", "lock_id", "status", *COUNTER_FIELDS, "verdict", "after_queued",
-              "after_processing", "after_failed", "after_status", "idle", "before", "after")
-(ID, ACCOUNT, TYPE, LOCK_ID, STATUS, T, Q, P, C, F,
- VERDICT, AFTER_Q, AFTER_P, AFTER_F, AFTER_STATUS, IDLE, BEFORE, AFTER) = range(len(STATUS_ROW))
+              "after_processing", "after_failed", "after_status", "idle", "updated_iso", "completed_iso",
+              "after_updated_iso", "after_completed_iso")
+(ID, ACCOUNT, TYPE, LOCK_ID, STATUS, T, Q, P, C, F, VERDICT, AFTER_Q, AFTER_P, AFTER_F, AFTER_STATUS, IDLE,
+ UPDATED, COMPLETED, AFTER_UPDATED, AFTER_COMPLETED) = range(len(STATUS_ROW))
 
 LOCK_ROW = ("id", "lock_id", "account_id", "content_type", "locked_iso", "expired_now", "held", "batch_id",
-            "batch_status", "batch_idle", "snapshot")
+            "batch_status", "batch_idle")
 # A lock released with its batch, as the page selects it (the batch's id and rule are added from the page)
 RELEASED_LOCK = ("id", "lock_id", "account_id", "content_type", "locked_iso", "held")
 
@@ -69,6 +70,7 @@ class StatusPass:
     rows: object  # the annotated select, without the page's ids
     updates: dict  # rule -> (the rows still of that verdict, the writes)
     clock: object  # the pass's clock (ex.pass_clock): how long a released lock was held
+    record: dict  # the audit record's rule, before and after, as expressions over the row (insert_records)
 
 
 def status_pass(judgement: ex.Judgement, applies, *, reports: bool, selected: bool, clock) -> StatusPass:
@@ -80,8 +82,10 @@ def status_pass(judgement: ex.Judgement, applies, *, reports: bool, selected: bo
         after_failed=once(judgement.after("total_failed")),
         after_status=once(judgement.after("status")),
         idle=ex.idle(clock),
-        before=once(ex.status_snapshot()),
-        after=once(ex.status_snapshot_after(judgement, clock)),
+        updated_iso=ex.iso_text("updated_at"),
+        completed_iso=ex.iso_text("completed_at"),
+        after_updated_iso=once(ex.IsoText(judgement.after_timestamp("updated_at", clock))),
+        after_completed_iso=once(ex.IsoText(judgement.after_timestamp("completed_at", clock))),
     ).values_list(*STATUS_ROW)
     updates = {
         rule: (GenerationStatus.objects.filter(Exact(once(judgement.verdict()), Value(str(rule)))),
@@ -90,7 +94,9 @@ def status_pass(judgement: ex.Judgement, applies, *, reports: bool, selected: bo
                    **({"completed_at": clock} if rule in rules.FINISHING else {})}.items()})
         for rule in applies
     }
-    return StatusPass(judgement, frozenset(applies), reports, selected, rows, updates, clock)
+    record = {"rule": once(judgement.verdict()), "before": once(ex.status_snapshot(text=False)),
+              "after": once(ex.status_snapshot_after(judgement, clock, text=False))}
+    return StatusPass(judgement, frozenset(applies), reports, selected, rows, updates, clock, record)
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,7 @@ def lock_pass(*, cutoffs, rule, clock) -> LockPass:
     rows = GenerationLock.objects.order_by("id").annotate(
         # re-checked on the locked row: a lock released and re-taken since the page was selected is not expired
         expired_now=ex.still_expired(cutoffs), held=ex.held(clock), locked_iso=ex.iso_text("locked_at"),
-        **ex.referring_batch_annotations(GenerationStatus, clock), snapshot=ex.lock_snapshot(),
+        **ex.referring_batch_annotations(GenerationStatus, clock),
     ).values_list(*LOCK_ROW)
     return LockPass(str(rule), None if cutoffs is None else ex.expired(cutoffs), rows)
 
@@ -200,16 +206,19 @@ def seconds(delta):
 
 
 def status_detail(row, *, applied: bool, left_alone: bool) -> StatusDetail:
-    before = json.loads(row[BEFORE])
+    """The batch as its audit record holds it: the same columns, from the values the page selected (the after-values
+    and timestamps computed by the database with the expressions the record and the UPDATE use)."""
+    before = (row[T], row[Q], row[P], row[C], row[F], row[STATUS], row[COMPLETED], row[UPDATED])  # SNAPSHOT_FIELDS
     repairs = row[VERDICT] in rules.REPAIRS and not left_alone
-    after = json.loads(row[AFTER]) if repairs else before
+    after = (row[T], row[AFTER_Q], row[AFTER_P], row[C], row[AFTER_F], row[AFTER_STATUS], row[AFTER_COMPLETED],
+             row[AFTER_UPDATED]) if repairs else before
     return StatusDetail(row[ID], row[ACCOUNT], row[TYPE], row[VERDICT], before, after, seconds(row[IDLE]),
                         applied and repairs, left_alone)
 
 
 def lock_detail(row, *, applied: bool, rule=RecordRule.EXPIRED_LOCK, repaired=None) -> LockDetail:
     """`repaired`: id -> rule of the batches this run repaired, so a lock line says so of its batch."""
-    pk, lock_id, account_id, content_type, locked_at, _expired, held, batch_id, batch_status, batch_idle, _ = row
+    pk, lock_id, account_id, content_type, locked_at, _expired, held, batch_id, batch_status, batch_idle = row
     return LockDetail(id=pk, lock_id=lock_id, account_id=account_id, content_type=content_type,
                       locked_at=locked_at, age_s=seconds(held), rule=str(rule), batch_id=batch_id,
                       batch_status=batch_status, batch_idle_s=seconds(batch_idle),
@@ -269,8 +278,11 @@ def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor) -> P
             page.released_rows = [(*lock, *finished_locks[lock[1]]) for lock in _finished_batches_locks(
                 finished_locks, status_pass).values_list(*RELEASED_LOCK)]
     elif to_write:
+        # the records first: their before is the row as locked, their after what the UPDATEs then write
+        insert_records(GenerationStatus.objects.filter(ex.any_of("id", [row[ID] for row in repaired])), run=run,
+                       actor=actor, kind=RecordKind.STATUS.value, **status_pass.record)
         _write(to_write, status_pass)
-        page.released_rows = _release_and_record(repaired, finished_locks, status_pass, run, actor)
+        page.released_rows = _release_locks(finished_locks, status_pass, run, actor)
         page.applied = True
     page.released_rows.sort(key=lambda row: row[6])  # in the order of their batches' lines
     page.released = {row[1]: row[6] for row in page.released_rows}
@@ -295,25 +307,19 @@ def _finished_batches_locks(finished_locks: dict, status_pass: StatusPass):
         held=ex.held(status_pass.clock), locked_iso=ex.iso_text("locked_at"))
 
 
-def _release_and_record(repaired, finished_locks: dict, status_pass: StatusPass, run, actor) -> list:
-    """Delete the finished batches' locks and record every change of the page (one COPY); returns the released
-    locks (RELEASED_LOCK's values, then their batch's id and rule)."""
-    run_id, kind, actor_id = run.pk, RecordKind.STATUS.value, actor.pk if actor else None
-    records = [Record(run_id, kind, row[ID], row[ACCOUNT], row[TYPE], row[VERDICT], row[BEFORE], row[AFTER], actor_id)
-               for row in repaired]
-    released = []
-    if finished_locks:
-        # not SKIP LOCKED: the lock must go with its batch; a lock held by another transaction waits up to
-        # lock_timeout, after which the whole page is rolled back and left for the next run
-        locks = list(_finished_batches_locks(finished_locks, status_pass).select_for_update()
-                     .values_list(*RELEASED_LOCK, ex.lock_snapshot()))
-        GenerationLock.objects.filter(ex.any_of("id", [lock[0] for lock in locks])).delete()
-        kind, rule = RecordKind.LOCK.value, RecordRule.RELEASED_WITH_BATCH.value
-        for *lock, snapshot in locks:
-            lock_pk, lock_id, account_id, content_type, _locked_at, _held = lock
-            released.append((*lock, *finished_locks[lock_id]))
-            records.append(Record(run_id, kind, lock_pk, account_id, content_type, rule, snapshot, None, actor_id))
-    save_records(records)
+def _release_locks(finished_locks: dict, status_pass: StatusPass, run, actor) -> list:
+    """Record and delete the finished batches' locks; returns them (RELEASED_LOCK's values, then their batch's id
+    and rule)."""
+    if not finished_locks:
+        return []
+    # not SKIP LOCKED: the lock must go with its batch; a lock held by another transaction waits up to
+    # lock_timeout, after which the whole page is rolled back and left for the next run
+    locks = list(_finished_batches_locks(finished_locks, status_pass).select_for_update().values_list(*RELEASED_LOCK))
+    releasing = GenerationLock.objects.filter(ex.any_of("id", [lock[0] for lock in locks]))
+    insert_records(releasing, run=run, actor=actor, kind=RecordKind.LOCK.value,
+                   rule=Value(RecordRule.RELEASED_WITH_BATCH.value), before=ex.lock_snapshot(text=False))
+    releasing.delete()
+    released = [(*lock, *finished_locks[lock[1]]) for lock in locks]
     logged = tuple(released)  # the caller sorts its list while the writer thread may be reading this
     log_events(logger, logging.INFO, lambda: (
         ("lock_released", {"lock_id": lock_id, "lock_pk": lock_pk, "batch_id": batch_id, "account_id": account_id,
@@ -325,7 +331,7 @@ def _release_and_record(repaired, finished_locks: dict, status_pass: StatusPass,
 def _log_status_page(page: Page, dry_run: bool):
     """One event line per batch (repair, stalled, corrupt, left_alone), as one record per level. The lines are
     built on the event writer's thread, while this one waits for the database (logging.log_events)."""
-    rows, left_alone = [row[:BEFORE] for row in page.rows], frozenset(page.left_alone)  # not the snapshots
+    rows, left_alone = list(page.rows), frozenset(page.left_alone)
 
     def events(wanted):  # a generator: the page's lines are formatted one at a time, not held as dicts
         for row in rows:
@@ -366,10 +372,9 @@ def lock_page(ids, lock_pass: LockPass, *, dry_run: bool, run, actor, released=f
         deleting = GenerationLock.objects.filter(ex.any_of("id", [row[0] for row in page.lock_rows]))
         if lock_pass.expired is not None:
             deleting = deleting.filter(lock_pass.expired)  # repeated in the DELETE: a re-taken lock must survive
+        insert_records(deleting, run=run, actor=actor, kind=RecordKind.LOCK.value, rule=Value(lock_pass.rule),
+                       before=ex.lock_snapshot(text=False))
         page.locks.removed, _ = deleting.delete()
-        actor_id = actor.pk if actor else None
-        save_records([Record(run.pk, RecordKind.LOCK.value, row[0], row[2], row[3], lock_pass.rule, row[10], None,
-                             actor_id) for row in page.lock_rows])
         page.applied = True
     event = "lock_expired" if lock_pass.rule == RecordRule.EXPIRED_LOCK else "lock_released"
     details = page.lock_details()

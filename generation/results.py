@@ -24,20 +24,37 @@ def seconds(value: timedelta | None):
     return None if value is None else int(value.total_seconds())
 
 
-@dataclass
+SNAPSHOT_FIELDS = (*rules.COUNTER_FIELDS, "status", "completed_at", "updated_at")  # a batch's audit snapshot
+
+
+@dataclass(slots=True)
 class StatusDetail:
+    """A batch as a report shows it. Its before and after are the audit record's snapshots (SNAPSHOT_FIELDS),
+    kept as value tuples and made dicts when read: a report holds up to DETAILS_CAP of them while a backlog's
+    pages go by, and two dicts each cost twice the memory."""
+
     id: int
     account_id: int
     content_type: str
     rule: str  # a Rule, or the Verdict of a selected row left alone (healthy, finished, ...)
-    before: dict
-    after: dict
+    before_values: tuple
+    after_values: tuple
     idle_s: float | None
     applied: bool
     left_alone: bool = False  # a selected row the pass did not judge (its verdict says why)
 
+    @property
+    def before(self) -> dict:
+        return dict(zip(SNAPSHOT_FIELDS, self.before_values, strict=True))
+
+    @property
+    def after(self) -> dict:
+        return dict(zip(SNAPSHOT_FIELDS, self.after_values, strict=True))
+
     def as_dict(self):
-        return dict(self.__dict__)
+        return {"id": self.id, "account_id": self.account_id, "content_type": self.content_type, "rule": self.rule,
+                "before": self.before, "after": self.after, "idle_s": self.idle_s, "applied": self.applied,
+                "left_alone": self.left_alone}
 
 
 @dataclass

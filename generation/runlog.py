@@ -3,16 +3,14 @@
 Shared by the cleanup (services) and undo, so every run is recorded the same way.
 """
 
-import json
 import os
 import socket
 import time
 from contextlib import contextmanager
-from typing import NamedTuple
 
 from django.db import DatabaseError, connection
+from django.db.models import BigIntegerField, F, Value
 from django.db.models.functions import Now
-from psycopg import sql
 
 from .db import ConnectionLost, one_line
 from .logging import drain
@@ -90,43 +88,22 @@ def recorded(report, run: CleanupRun | None, *, finish=finish_run):
         drain()  # the run's event lines are all written when its entry point returns
 
 
-class Record(NamedTuple):
-    """A RepairRecord's columns, saved with the rest of its page by save_records. `before` and `after` are
-    JSON text, as the database built it (expressions.status_snapshot, lock_snapshot). A tuple, not a model
-    instance: building 160,000 RepairRecord instances cost 4 s of a 100,000 backlog's run."""
-
-    run_id: int
-    kind: str
-    target_id: int
-    account_id: int
-    content_type: str
-    rule: str
-    before: str
-    after: str | None
-    actor_id: int | None
-
-
-_COPY_RECORDS = sql.SQL("COPY {} ({}) FROM STDIN").format(
-    sql.Identifier(RepairRecord._meta.db_table),
-    sql.SQL(", ").join(sql.Identifier(RepairRecord._meta.get_field(name).column) for name in Record._fields))
-
-
-def save_records(records: list[Record]):
-    """Insert a page's RepairRecords in one statement. On PostgreSQL with COPY, raw SQL because the ORM has
-    no COPY: bulk_create cost ~130 us a record (the ORM's compiler, psycopg quoting every value into the SQL
-    text, the server parsing it back), COPY ~25 us; a backlog of 100,000 writes 160,000 records."""
-    if not records:
-        return
-    if connection.vendor != "postgresql":
-        RepairRecord.objects.bulk_create([
-            RepairRecord(**{**r._asdict(), "before": json.loads(r.before),
-                            "after": None if r.after is None else json.loads(r.after)})
-            for r in records])
-        return
-    started = time.monotonic()
-    with connection.cursor() as cursor, cursor.cursor.copy(_COPY_RECORDS) as copy:
-        for record in records:
-            copy.write_row(record)
-    if connection.queries_logged:  # COPY bypasses the cursor wrapper: keep query counts and DEBUG honest
-        connection.queries_log.append({"sql": f"{_COPY_RECORDS.as_string(None)} -- {len(records)} rows",
-                                       "time": f"{time.monotonic() - started:.3f}"})
+def insert_records(rows, *, run, actor, kind: str, rule, before, after=None):
+    """One RepairRecord for each row of `rows` (a queryset of the batches or locks about to change, which the
+    page holds locked), built by the database in one INSERT ... SELECT: `rule`, `before` and `after` are
+    expressions over the row (expressions.py's verdict and snapshots), so the snapshots never cross into
+    Python and the record's after is what the same expressions then write. Raw SQL around the ORM's select,
+    because the ORM has no INSERT ... SELECT."""
+    columns = {"run": Value(run.pk), "kind": Value(kind), "target_id": F("id"), "account_id": F("account_id"),
+               "content_type": F("content_type"), "rule": rule, "before": before,
+               "actor": Value(actor.pk if actor else None, output_field=BigIntegerField())}
+    if after is not None:
+        columns["after"] = after  # left out: NULL, the row is deleted
+    aliases = {f"record_{name}": name for name in columns}
+    select = rows.order_by().annotate(**{alias: columns[name] for alias, name in aliases.items()}).values_list(*aliases)
+    compiler = select.query.get_compiler(connection=connection)
+    sql, params = compiler.as_sql()
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(RepairRecord._meta.get_field(aliases[alias]).column) for _, _, alias in compiler.select)
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {quote(RepairRecord._meta.db_table)} ({names}) {sql}", params)

@@ -102,15 +102,15 @@ def kill_inside_second_status_page(monkeypatch):
     calls = []
 
     def make(real):
-        def release_and_record(*args, **kwargs):
+        def release_locks(*args, **kwargs):
             released = real(*args, **kwargs)
             calls.append(1)
             if len(calls) == 2:
-                kill_django_connection()  # written, locks released, records copied: not yet committed
+                kill_django_connection()  # recorded, written, locks released: not yet committed
             return released
-        return release_and_record
+        return release_locks
 
-    wrap(monkeypatch, pages, "_release_and_record", make)
+    wrap(monkeypatch, pages, "_release_locks", make)
     return 3  # page 1 committed before the kill
 
 

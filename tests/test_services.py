@@ -412,6 +412,20 @@ def test_many_anomalies_are_counted_exactly_and_named_up_to_the_cap(monkeypatch)
     assert len(report["errors"]) == 3 and report["errors"][-1] == "3 more batches like these (unknown_status); not changed"
 
 
+def test_a_reports_details_are_its_audit_records_snapshots():
+    """The details a report shows of each repaired batch (built from the page's plain values) are exactly the
+    before and after its audit record holds (built by the database in the INSERT ... SELECT), timestamps too."""
+    seed_demo_data(count=300, seed=11, lock_ttl=job().lock_ttl)
+    report = services.cleanup(job=job(fail_stalled_after=parse_windows("30h")))
+    records = {r.target_id: (r.before, r.after) for r in RepairRecord.objects.filter(run_id=report.run_id, kind="status")}
+    shown = {d.id: (d.before, d.after) for d in report.statuses.details if d.rule in REPAIRS}
+    assert shown and shown == records
+    assert all(after["updated_at"] != before["updated_at"] for before, after in shown.values())
+    unchanged = [d for d in report.statuses.details if d.rule not in REPAIRS]
+    assert unchanged and all(d.before == d.after == snapshot_of(GenerationStatus.objects.get(pk=d.id))
+                             for d in unchanged)
+
+
 @pytest.mark.parametrize("windows", [
     {"fail_stalled_after": "30h"},
     {"stuck_after": "3h,video=8h,story=45m", "lock_ttl": "3h,video=50h", "fail_stalled_after": "30h,story=60h"},
