@@ -331,7 +331,7 @@ def _release_locks(finished_locks: dict, status_pass: StatusPass, run, actor) ->
 def _log_status_page(page: Page, dry_run: bool):
     """One event line per batch (repair, stalled, corrupt, left_alone), as one record per level. The lines are
     built on the event writer's thread, while this one waits for the database (logging.log_events)."""
-    rows, left_alone = list(page.rows), frozenset(page.left_alone)
+    rows, left_alone = [row[:UPDATED] for row in page.rows], frozenset(page.left_alone)  # not the timestamps
 
     def events(wanted):  # a generator: the page's lines are formatted one at a time, not held as dicts
         for row in rows:

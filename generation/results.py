@@ -57,7 +57,7 @@ class StatusDetail:
                 "left_alone": self.left_alone}
 
 
-@dataclass
+@dataclass(slots=True)
 class LockDetail:
     id: int
     lock_id: str
@@ -73,7 +73,7 @@ class LockDetail:
     applied: bool = False
 
     def as_dict(self):
-        return {**self.__dict__, "locked_at": iso(self.locked_at)}
+        return {**{name: getattr(self, name) for name in self.__slots__}, "locked_at": iso(self.locked_at)}
 
 
 @dataclass

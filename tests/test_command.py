@@ -18,8 +18,9 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, OutputWrapper
 
+from generation.management.base import write_json
 from generation.models import CleanupRun, RepairRecord
 
 from .factories import make_batch, make_lock
@@ -58,7 +59,7 @@ def test_human_output_at_each_verbosity():
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == ("Cleanup (DRY RUN: nothing will be written): stuck after 3h; lock TTL 3h; "
-                        "fail stalled never; batch size 2000")
+                        "fail stalled never; batch size 1000")
     assert (f"  would repair #{batch.pk} account {batch.account_id} video processing T/Q/P/C/F 10/0/0/6/1 "
             "idle 3h1m: no_active_tasks -> partial 10/0/0/6/4") in lines
     assert any(line.startswith("  would remove lock #") and "no batch refers to it" in line for line in lines)
@@ -420,3 +421,12 @@ def test_not_at_a_terminal_the_event_log_stays_on_stderr(backlog, tmp_path):
     assert "event=" not in result.stdout and "Event log:" not in result.stdout
     assert TOTALS.fullmatch(result.stdout.splitlines()[-1])
     assert not log_file.exists()
+
+
+def test_the_json_report_is_written_in_pieces_but_reads_as_one_line():
+    # write_json streams the encoder's pieces; what comes out is json.dumps's line, whatever its size
+    value = {"details": [{"id": n, "before": {"status": "processing"}, "at": timedelta(seconds=n)} for n in range(3000)],
+             "errors": ["one", "two"]}
+    out = StringIO()
+    write_json(OutputWrapper(out), value)
+    assert out.getvalue() == json.dumps(value, default=str) + "\n"

@@ -6,6 +6,8 @@ reads like a crash to an operator. Here the message is the line, and the exit co
 (tests, programs) still gets the CommandError with its returncode, and --traceback still shows it.
 """
 
+import itertools
+import json
 import sys
 
 from django.core.management.base import BaseCommand, CommandError, SystemCheckError
@@ -28,3 +30,12 @@ def unreachable(exc, what: str = "database") -> CommandError:
     text = str(exc).strip()
     return CommandError(f"cannot reach the {what}: {text.splitlines()[0] if text else type(exc).__name__}",
                         returncode=1)
+
+
+def write_json(stdout, value):
+    """`value` as one line of JSON, written a thousand pieces at a time: a backlog's report (a thousand batches'
+    details) is never held as one string, and again with its newline, and again encoded."""
+    pieces = json.JSONEncoder(default=str).iterencode(value)
+    while part := "".join(itertools.islice(pieces, 1000)):
+        stdout.write(part, ending="")
+    stdout.write("")

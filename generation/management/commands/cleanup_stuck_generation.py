@@ -1,5 +1,4 @@
 import argparse
-import json
 import sys
 
 from django.core import checks
@@ -11,7 +10,7 @@ from generation.checks import JOB_CHECKS
 from generation.conf import job_settings, parse_fail_stalled_windows, parse_positive_int, parse_windows
 from generation.db import ConnectionLost, database_name
 from generation.logging import command_event_log
-from generation.management.base import OperatorCommand, unreachable
+from generation.management.base import OperatorCommand, unreachable, write_json
 from generation.models import ContentType, Outcome, Trigger
 from generation.report import (
     format_event_log,
@@ -112,7 +111,7 @@ class Command(OperatorCommand):
             report = self._run(job, scope, dry_run=dry_run, printer=printer, progress=at_terminal and not as_json)
 
         if as_json:
-            self.stdout.write(json.dumps(report.as_dict(), default=str))
+            write_json(self.stdout, report.as_dict())
         else:
             for line in format_summary(report, verbosity=verbosity):
                 self.stdout.write(line)

@@ -1,5 +1,4 @@
 import argparse
-import json
 
 from django.core.management.base import CommandError
 from django.db import InterfaceError, OperationalError
@@ -7,7 +6,7 @@ from django.db import InterfaceError, OperationalError
 from generation import undo
 from generation.conf import job_settings
 from generation.db import ConnectionLost
-from generation.management.base import OperatorCommand, unreachable
+from generation.management.base import OperatorCommand, unreachable, write_json
 from generation.models import CleanupRun, Trigger
 from generation.report import format_undo_outcome, format_undo_summary
 
@@ -59,7 +58,7 @@ class Command(OperatorCommand):
             raise unreachable(exc) from None
 
         if as_json:
-            self.stdout.write(json.dumps(report.as_dict(), default=str))
+            write_json(self.stdout, report.as_dict())
         else:
             if options["verbosity"] >= 1:
                 for outcome in report.outcomes:
