@@ -8,8 +8,9 @@ already there, when it warns that `migrate --fake-initial` adopts them; once
 0001 is recorded (applied or faked), a missing table or column, or a
 column of another kind, is an error.
 
-Every check here is also tagged `generation` (JOB_CHECKS): the cleanup command runs those and the models'
-checks, not the web side's (`manage.py check --tag generation` runs them alone).
+Every check here is also tagged `generation` (JOB_CHECKS): the cleanup command runs those alone, not the
+code's checks (models, admin, URLs), which `manage.py check` runs at deploy and in CI; `manage.py check --tag
+generation` runs the same as the cleanup does.
 """
 
 import os

@@ -13,13 +13,15 @@ cleanup's candidates, so memory stays flat however many rows match.
 A page is set-based and one transaction (PostgreSQL):
 - one select of the page's rows, locked with FOR UPDATE SKIP LOCKED (a row a worker is writing is
   skipped and counted as skipped_busy, never waited on), returning plain values annotated by the
-  database with each row's verdict, its after-values and its before/after snapshots, computed by
-  expressions.py's ordered CASEs from the row as locked;
+  database with each row's verdict and its after-values, computed by expressions.py's ordered CASEs from
+  the row as locked;
+- one INSERT ... SELECT of the repaired rows' audit records, their before/after snapshots built by the
+  database from the locked rows with the same expressions;
 - one UPDATE per rule, with the same expressions, WHERE the row's verdict is still that rule: only the
   columns the rule changes are written, under the row lock, so a worker's increment waits for the commit
   and lands on top; the audit record's after is what the database computed with the very expressions
   it wrote;
-- one select and one delete of the finished batches' locks, one COPY of the page's audit records;
+- one select of the finished batches' locks, one INSERT ... SELECT of their records, one delete;
 - the page commits whole or not at all; lock_timeout/statement_timeout bound every wait, and a page that
   fails is rolled back, reported and left for the next run.
 One run at a time: a session-level advisory lock (db.single_run).

@@ -150,6 +150,7 @@ def test_the_cleanup_runs_the_jobs_checks_and_not_the_web_sides(registered_check
     # generation unblocked (nor make every cron run import the whole web side to look for it)
     registered_check(checks.Tags.urls)
     registered_check(checks.Tags.admin)
+    registered_check(checks.Tags.models)
     call_command("cleanup_stuck_generation", "--dry-run", skip_checks=False, stdout=StringIO())
     registered_check(JOB_CHECKS)
     with pytest.raises(SystemCheckError, match="a failing check tagged generation"):

@@ -1,7 +1,6 @@
 import argparse
 import sys
 
-from django.core import checks
 from django.core.management.base import CommandError
 from django.db import InterfaceError, OperationalError
 
@@ -66,10 +65,11 @@ class Command(OperatorCommand):
         "The event log (one line per event) goes to stderr, except at a terminal, where it is appended to "
         "CLEANUP_LOG_FILE unless -v 3 shows it."
     )
-    # The checks that concern the job: its settings and the models it mirrors. The web side's (admin, URLs,
-    # templates, static files) are `manage.py check`'s: a cron run every few minutes need not import the
-    # whole admin to check it, and a mistake there must not stop the job that keeps generation unblocked.
-    requires_system_checks = [checks.Tags.models, JOB_CHECKS]
+    # The checks of the job's own configuration (its settings, windows, log folder), which can change between
+    # two runs. The code's (models, admin, URLs, templates) are `manage.py check`'s, at deploy and in CI: a cron
+    # run every few minutes need not import the whole admin to check it again, and a mistake in the web side
+    # must not stop the job that keeps generation unblocked.
+    requires_system_checks = [JOB_CHECKS]
 
     def add_arguments(self, parser):
         # each window is a duration, or a default and each content type's own: 3h,video=8h (replacing the setting)
