@@ -44,7 +44,7 @@ STUCK_AFTER = LOCK_TTL = timedelta(hours=3)
 # this one, interleaved, so "no worse than before" (the quiet run, the peak RSS) is judged on the same machine
 # in the same spell; --before none leaves it out.
 BEFORE_REV = "0c5e26f"
-BATCH_SIZE = 1000  # CLEANUP_BATCH_SIZE's default, for the EXPLAIN of a page
+BATCH_SIZE = 1500  # CLEANUP_BATCH_SIZE's default, for the EXPLAIN of a page
 SECRET_KEY = "benchmark-only-not-a-secret"  # noqa: S105 (the processes refuse to start without one)
 # Each process's stdout and event log (stderr), as cron would keep them; the last run of each kind stays.
 WORK_DIR = Path(tempfile.mkdtemp(prefix="butter_bench_"))

@@ -63,10 +63,10 @@ class EventFormatter(logging.Formatter):
             return "\n".join(json.dumps({**head, "event": event, **fields, **exc}, default=str)
                              for event, fields in events)
         prefix = " ".join(f"{key}={_text_value(value)}" for key, value in head.items())
-        return "\n".join(
-            " ".join((prefix, f"event={_text_value(event)}",
-                      *(f"{key}={_text_value(value)}" for key, value in {**fields, **exc}.items())))
-            for event, fields in events)
+        return "\n".join([
+            " ".join([prefix, f"event={_text_value(event)}",
+                      *[f"{key}={_text_value(value)}" for key, value in (fields | exc if exc else fields).items()]])
+            for event, fields in events])
 
 
 class _EventWriter:

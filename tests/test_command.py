@@ -59,7 +59,7 @@ def test_human_output_at_each_verbosity():
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == ("Cleanup (DRY RUN: nothing will be written): stuck after 3h; lock TTL 3h; "
-                        "fail stalled never; batch size 1000")
+                        "fail stalled never; batch size 1500")
     assert (f"  would repair #{batch.pk} account {batch.account_id} video processing T/Q/P/C/F 10/0/0/6/1 "
             "idle 3h1m: no_active_tasks -> partial 10/0/0/6/4") in lines
     assert any(line.startswith("  would remove lock #") and "no batch refers to it" in line for line in lines)

@@ -37,7 +37,7 @@ def test_defaults():
     assert job.stuck_after == Windows(timedelta(hours=3))
     assert job.lock_ttl == Windows(timedelta(hours=3))
     assert job.fail_stalled_after is None
-    assert job.batch_size == 1000
+    assert job.batch_size == 1500
     assert job.schedule == "*/30 * * * *"
     assert job.log_file.is_absolute()
 

@@ -373,7 +373,7 @@ def test_the_image_files_run_the_cleanup_command(tmp_path):
     result = run_in_image(app, json.loads(dockerfile().cmd), postgres_url(connection.settings_dict["NAME"]))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == ("Cleanup: stuck after 3h; lock TTL 3h; fail stalled never; "
-                                             "batch size 1000")
+                                             "batch size 1500")
     run = CleanupRun.objects.get()
     assert (run.trigger, run.outcome, run.repaired_no_active_tasks) == ("command", "ok", 1)
     assert f"outcome ok, run #{run.pk}" in result.stdout

@@ -106,7 +106,7 @@ def test_the_dry_run_predicts_the_same_batches_and_the_start_line_names_each_win
     batches = edge_batches()
     out = run_command("--dry-run")
     assert out.splitlines()[0] == ("Cleanup (DRY RUN: nothing will be written): stuck after 3h, video 8h; lock TTL "
-                                   "3h, video 8h; fail stalled after video 2d, other types never; batch size 1000")
+                                   "3h, video 8h; fail stalled after video 2d, other types never; batch size 1500")
     would = {int(m) for m in re.findall(r"would repair #(\d+) ", out)}
     assert would == {batch.pk for batch, stuck in batches.values() if stuck}
     assert not any(repaired(batches).values())
