@@ -158,7 +158,7 @@ cron-remove: $(VENV)/.installed
 
 # --- Benchmark (benchmarks/cleanup_benchmark.py; not part of `make test`) --------------------
 # Needs a PostgreSQL server where BENCH_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres)
-# may create and drop databases (all named bench_<pid>_...). About 30 minutes on 2 cores; BENCH_ARGS
+# may create and drop databases (all named bench_<pid>_...). About 15-30 minutes on 2 cores; BENCH_ARGS
 # passes options, e.g. BENCH_ARGS="--rows 100000 --backlog 10000 --skip-per-row" for a quick look.
 BENCH_ARGS ?=
 

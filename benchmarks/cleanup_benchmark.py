@@ -9,7 +9,7 @@ may create databases. It creates its own, all named bench_<pid>_..., and drops t
 Each data set is built once (manage.py migrate, then INSERT ... SELECT generate_series; see
 dataset.py) into a template database; every measured run gets a fresh copy (CREATE DATABASE ...
 TEMPLATE ...), so each approach starts from identical data. Not part of the test suite: the full
-table takes about 30 minutes on 2 cores, most of it the per-row approach's three runs.
+table takes 15-30 minutes on 2 cores, most of it the per-row approach's three runs.
 """
 
 import argparse
