@@ -43,6 +43,7 @@ from django.utils import timezone
 
 from . import rules
 from .conf import Cutoffs
+from .results import SNAPSHOT_FIELDS, SNAPSHOT_TIMES
 from .rules import COUNTER_FIELDS, Rule, Verdict
 
 T, QUEUED, PROCESSING, COMPLETED, FAILED = (F(name) for name in COUNTER_FIELDS)
@@ -350,12 +351,10 @@ def status_snapshot(values: dict | None = None, *, text: bool = True):
     JSON value itself to insert (text=False). `values` replaces columns by expressions (the after-values);
     timestamps as ISO 8601 text."""
     values = values or {}
-    pick = {name: values.get(name, F(name)) for name in (*COUNTER_FIELDS, "status")}
-    snapshot = JSONObject(
-        **pick,
-        completed_at=IsoTime(values.get("completed_at", F("completed_at"))),
-        updated_at=IsoTime(values.get("updated_at", F("updated_at"))),
-    )
+    snapshot = JSONObject(**{
+        name: IsoTime(values.get(name, F(name))) if name in SNAPSHOT_TIMES else values.get(name, F(name))
+        for name in SNAPSHOT_FIELDS
+    })
     return Cast(snapshot, TextField()) if text else snapshot
 
 

@@ -24,7 +24,9 @@ def seconds(value: timedelta | None):
     return None if value is None else int(value.total_seconds())
 
 
-SNAPSHOT_FIELDS = (*rules.COUNTER_FIELDS, "status", "completed_at", "updated_at")  # a batch's audit snapshot
+# A batch's audit snapshot (RepairRecord.before/after, a report's details): its fields, the times as ISO text
+SNAPSHOT_TIMES = ("completed_at", "updated_at")
+SNAPSHOT_FIELDS = (*rules.COUNTER_FIELDS, "status", *SNAPSHOT_TIMES)
 
 
 @dataclass(slots=True)
