@@ -316,8 +316,7 @@ def _release_locks(finished_locks: dict, status_pass: StatusPass, run, actor) ->
     # lock_timeout, after which the whole page is rolled back and left for the next run
     locks = list(_finished_batches_locks(finished_locks, status_pass).select_for_update().values_list(*RELEASED_LOCK))
     releasing = GenerationLock.objects.filter(ex.any_of("id", [lock[0] for lock in locks]))
-    insert_records(releasing, run=run, actor=actor, kind=RecordKind.LOCK.value,
-                   rule=Value(RecordRule.RELEASED_WITH_BATCH.value), before=ex.lock_snapshot(text=False))
+    _record_removals(releasing, RecordRule.RELEASED_WITH_BATCH, run=run, actor=actor)
     releasing.delete()
     released = [(*lock, *finished_locks[lock[1]]) for lock in locks]
     logged = tuple(released)  # the caller sorts its list while the writer thread may be reading this
@@ -326,6 +325,13 @@ def _release_locks(finished_locks: dict, status_pass: StatusPass, run, actor) ->
                            "content_type": content_type})
         for lock_pk, lock_id, account_id, content_type, _locked_at, _held, batch_id, _rule in logged))
     return released
+
+
+def _record_removals(locks, rule, *, run, actor):
+    """The audit records of the locks about to be deleted (the queryset the DELETE then uses): each lock's
+    snapshot as `before`, no `after`."""
+    insert_records(locks, run=run, actor=actor, kind=RecordKind.LOCK.value, rule=Value(str(rule)),
+                   before=ex.lock_snapshot(text=False))
 
 
 def _log_status_page(page: Page, dry_run: bool):
@@ -372,8 +378,7 @@ def lock_page(ids, lock_pass: LockPass, *, dry_run: bool, run, actor, released=f
         deleting = GenerationLock.objects.filter(ex.any_of("id", [row[0] for row in page.lock_rows]))
         if lock_pass.expired is not None:
             deleting = deleting.filter(lock_pass.expired)  # repeated in the DELETE: a re-taken lock must survive
-        insert_records(deleting, run=run, actor=actor, kind=RecordKind.LOCK.value, rule=Value(lock_pass.rule),
-                       before=ex.lock_snapshot(text=False))
+        _record_removals(deleting, lock_pass.rule, run=run, actor=actor)
         page.locks.removed, _ = deleting.delete()
         page.applied = True
     event = "lock_expired" if lock_pass.rule == RecordRule.EXPIRED_LOCK else "lock_released"
