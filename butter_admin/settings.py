@@ -136,6 +136,9 @@ def _database_from_env():
             ) from None
         database["OPTIONS"].setdefault("connect_timeout", connect_timeout)
         database["OPTIONS"].setdefault("application_name", "butter_admin")
+        # Django binds parameters client side, so psycopg never prepares a statement; left on, it would still
+        # keep the text of the last 100 statements to count them (a page's, with its ids inlined, is ~20 KB)
+        database["OPTIONS"].setdefault("prepare_threshold", None)
     return database
 
 

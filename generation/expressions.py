@@ -62,7 +62,7 @@ class AnyOf(Lookup):
     def as_sql(self, compiler, connection):
         lhs, lhs_params = self.process_lhs(compiler, connection)
         values = list(self.rhs)
-        if values and all(type(value) is int for value in values):
+        if values and set(map(type, values)) == {int}:
             # an id list as one array literal: psycopg dumps a list element by element, ~4 ms per page of 2,000
             return f"{lhs} = ANY(%s::bigint[])", [*lhs_params, "{" + ",".join(map(str, values)) + "}"]
         return f"{lhs} = ANY(%s)", [*lhs_params, values]
@@ -358,12 +358,15 @@ def status_snapshot(values: dict | None = None, *, text: bool = True):
     return Cast(snapshot, TextField()) if text else snapshot
 
 
-def status_snapshot_after(judgement: Judgement, clock, *, text: bool = True):
-    return status_snapshot({
-        **{name: judgement.after(name) for name in WRITTEN},
-        "completed_at": judgement.after_timestamp("completed_at", clock),
-        "updated_at": judgement.after_timestamp("updated_at", clock),
-    }, text=text)
+def repair_writes(rule: str, clock) -> dict:
+    """Every column a repair by `rule` writes: its WRITES, updated_at stamped with the clock, and completed_at
+    too if it finishes the batch. The UPDATE writes these and the audit record's after is built from them."""
+    return {**WRITES[rule], "updated_at": clock, **({"completed_at": clock} if rule in rules.FINISHING else {})}
+
+
+def repair_snapshot(rule: str, clock, *, text: bool = True):
+    """The snapshot of a batch after its repair by `rule` (RepairRecord.after): no CASE, the rule is known."""
+    return status_snapshot(repair_writes(rule, clock), text=text)
 
 
 def lock_snapshot(*, text: bool = True):
@@ -381,6 +384,11 @@ def referring_batch(model, lock_id=None):
     so last), then the highest id. One ordering for the locks list, the release preview and the report."""
     lock_id = OuterRef("lock_id") if lock_id is None else lock_id
     return model.objects.filter(lock_id=lock_id).order_by(F("updated_at").desc(nulls_last=True), "-id")
+
+
+def named_lock(model):
+    """The id of the lock a batch names (lock_id is unique among locks), NULL if none."""
+    return Subquery(model.objects.filter(lock_id=OuterRef("lock_id")).values("id")[:1])
 
 
 def referring_batch_annotations(model, clock) -> dict:

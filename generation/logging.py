@@ -26,21 +26,32 @@ _LITERALS = {None: "null", True: "true", False: "false"}
 LINES_PER_WRITE = 100  # a page's event lines are formatted and written this many at a time
 
 
+# the text of the first short strings seen: a backlog's lines repeat a few content types, statuses and rules
+# ~100,000 times each (the first 512: a string the cache has no room for is checked for quotes each time)
+_TEXTS = {}
+_TEXTS_MAX, _TEXT_CACHED_LEN = 512, 32
+
+
 def _text_value(value):
     kind = type(value)
+    if kind is str:
+        text = _TEXTS.get(value)
+        if text is None:
+            text = _quoted(value)
+            if len(value) <= _TEXT_CACHED_LEN and len(_TEXTS) < _TEXTS_MAX:
+                _TEXTS[value] = text
+        return text
     if kind is int or kind is float:
         return repr(value)
     if value is None or kind is bool:
         return _LITERALS[value]
-    if kind is str:
-        text = value
-    elif isinstance(value, str):  # a StrEnum (Trigger, Rule): its value, as the JSON format writes it
-        text = str(value)
-    else:
-        text = json.dumps(value, default=str, separators=(",", ":"))
-    if not text or _NEEDS_QUOTES.search(text):
-        return json.dumps(text)
-    return text
+    if isinstance(value, str):  # a StrEnum (Trigger, Rule): its value, as the JSON format writes it
+        return _quoted(str(value))
+    return _quoted(json.dumps(value, default=str, separators=(",", ":")))
+
+
+def _quoted(text: str) -> str:
+    return json.dumps(text) if not text or _NEEDS_QUOTES.search(text) else text
 
 
 class EventFormatter(logging.Formatter):
@@ -62,7 +73,7 @@ class EventFormatter(logging.Formatter):
         if self.json:
             return "\n".join(json.dumps({**head, "event": event, **fields, **exc}, default=str)
                              for event, fields in events)
-        prefix = " ".join(f"{key}={_text_value(value)}" for key, value in head.items())
+        prefix = " ".join(f"{key}={_quoted(value)}" for key, value in head.items())  # not kept: ts changes
         return "\n".join([
             " ".join([prefix, f"event={_text_value(event)}",
                       *[f"{key}={_text_value(value)}" for key, value in (fields | exc if exc else fields).items()]])

@@ -5,15 +5,17 @@ A page of batches:
 1. one select of the page's rows, locked with FOR UPDATE SKIP LOCKED (a row a worker is writing is skipped
    and counted as skipped_busy, never waited on), returning plain values annotated by the database with each
    row's verdict and its after-values, all from expressions.py's ordered CASEs over the row as locked;
-2. one INSERT ... SELECT of the audit records of the rows it repairs: the database builds each record's
-   before/after snapshots from the locked row with the same expressions (the JSON never crosses into
-   Python), before anything is written;
+2. one INSERT ... SELECT of the audit records of the rows it repairs (a UNION ALL of one select per rule): the
+   database builds each record's before/after snapshots from the locked row, the after from the very writes
+   of the row's rule that step 3 makes (the JSON never crosses into Python), before anything is written;
 3. one UPDATE per rule, with the same expressions, WHERE the row's verdict is still that rule: only the
    columns the rule changes are written, under the row lock, so a worker's increment waits for the commit
    and lands on top; the record's `after` is what this UPDATE writes, at the same transaction timestamp;
-4. one select of the finished batches' locks, one INSERT ... SELECT of their records and one delete.
+4. one select of the finished batches' locks (by the primary keys step 1 found for their lock ids), one
+   INSERT ... SELECT of their records and one delete.
 A dry run does step 1 without row locks, and nothing else but look up which locks would be released. What a
-report shows of a batch (its details, its event line) is built from the plain values of step 1.
+report shows of a batch (its details, its event line) is built from the plain values of step 1; its timestamps
+only while the report has room for details (a backlog's pages after that select none).
 
 The querysets are built once per pass (a Pass), with its first page, and only filtered by each page's ids:
 building the select's CASEs costs ~15 ms, which a backlog's hundreds of pages would otherwise pay each time
@@ -36,15 +38,15 @@ from .logging import log_events
 from .models import GenerationLock, GenerationStatus, RecordKind, RecordRule
 from .results import CleanupReport, LockDetail, LockTotals, StatusDetail, StatusTotals, keep
 from .rules import COUNTER_FIELDS, FINISHING, Rule
-from .runlog import insert_records
+from .runlog import insert_records, records_of
 
 logger = logging.getLogger("generation.services")
 
 # The values a page of batches selects, in this order (tuples, not model instances).
-STATUS_ROW = ("id", "account_id", "content_type", "lock_id", "status", *COUNTER_FIELDS, "verdict", "after_queued",
+STATUS_ROW = ("id", "account_id", "content_type", "lock_id", "lock_pk", "status", *COUNTER_FIELDS, "verdict", "after_queued",
               "after_processing", "after_failed", "after_status", "idle", "updated_iso", "completed_iso",
               "after_updated_iso", "after_completed_iso")
-(ID, ACCOUNT, TYPE, LOCK_ID, STATUS, T, Q, P, C, F, VERDICT, AFTER_Q, AFTER_P, AFTER_F, AFTER_STATUS, IDLE,
+(ID, ACCOUNT, TYPE, LOCK_ID, LOCK_PK, STATUS, T, Q, P, C, F, VERDICT, AFTER_Q, AFTER_P, AFTER_F, AFTER_STATUS, IDLE,
  UPDATED, COMPLETED, AFTER_UPDATED, AFTER_COMPLETED) = range(len(STATUS_ROW))
 
 LOCK_ROW = ("id", "lock_id", "account_id", "content_type", "locked_iso", "expired_now", "held", "batch_id",
@@ -68,35 +70,38 @@ class StatusPass:
     reports: bool  # counts corrupt and stalled batches (every pass but the admin's fail-stalled one)
     selected: bool  # hand-picked ids: a row the pass does not judge is "left alone", not "moved on"
     rows: object  # the annotated select, without the page's ids
+    untimed: object  # the same without the four timestamps (STATUS_ROW[:UPDATED]), once the report is full
     updates: dict  # rule -> (the rows still of that verdict, the writes)
     clock: object  # the pass's clock (ex.pass_clock): how long a released lock was held
-    record: dict  # the audit record's rule, before and after, as expressions over the row (insert_records)
+    record: dict  # rule -> its audit records' rule, before and after, as expressions over the row (records_of)
 
 
 def status_pass(judgement: ex.Judgement, applies, *, reports: bool, selected: bool, clock) -> StatusPass:
     once = ex.CompiledOnce
-    rows = GenerationStatus.objects.order_by("id").annotate(
+    untimed = GenerationStatus.objects.order_by("id").annotate(
         verdict=once(judgement.verdict()),
         after_queued=once(judgement.after("total_queued")),
         after_processing=once(judgement.after("total_processing")),
         after_failed=once(judgement.after("total_failed")),
         after_status=once(judgement.after("status")),
         idle=ex.idle(clock),
+        lock_pk=ex.named_lock(GenerationLock),
+    )
+    rows = untimed.annotate(  # only a report's details show them: a backlog's 100,000 need not be sent as text
         updated_iso=ex.iso_text("updated_at"),
         completed_iso=ex.iso_text("completed_at"),
         after_updated_iso=once(ex.IsoText(judgement.after_timestamp("updated_at", clock))),
         after_completed_iso=once(ex.IsoText(judgement.after_timestamp("completed_at", clock))),
     ).values_list(*STATUS_ROW)
-    updates = {
-        rule: (GenerationStatus.objects.filter(Exact(once(judgement.verdict()), Value(str(rule)))),
-               {name: once(value) for name, value in {
-                   **ex.WRITES[rule], "updated_at": clock,
-                   **({"completed_at": clock} if rule in rules.FINISHING else {})}.items()})
-        for rule in applies
-    }
-    record = {"rule": once(judgement.verdict()), "before": once(ex.status_snapshot(text=False)),
-              "after": once(ex.status_snapshot_after(judgement, clock, text=False))}
-    return StatusPass(judgement, frozenset(applies), reports, selected, rows, updates, clock, record)
+    untimed = untimed.values_list(*STATUS_ROW[:UPDATED])
+    updates = {rule: (GenerationStatus.objects.filter(Exact(once(judgement.verdict()), Value(str(rule)))),
+                      {name: once(value) for name, value in ex.repair_writes(rule, clock).items()})
+               for rule in applies}
+    # per rule: the rule of a row the page writes is known, so its record's after is built from that rule's
+    # writes, the very expressions of its UPDATE (no CASE over the verdicts)
+    record = {rule: {"rule": Value(str(rule)), "before": once(ex.status_snapshot(text=False)),
+                     "after": once(ex.repair_snapshot(rule, clock, text=False))} for rule in applies}
+    return StatusPass(judgement, frozenset(applies), reports, selected, rows, untimed, updates, clock, record)
 
 
 @dataclass(frozen=True)
@@ -207,11 +212,15 @@ def seconds(delta):
 
 def status_detail(row, *, applied: bool, left_alone: bool) -> StatusDetail:
     """The batch as its audit record holds it: the same columns, from the values the page selected (the after-values
-    and timestamps computed by the database with the expressions the record and the UPDATE use)."""
-    before = (row[T], row[Q], row[P], row[C], row[F], row[STATUS], row[COMPLETED], row[UPDATED])  # SNAPSHOT_FIELDS
+    and timestamps computed by the database with the expressions the record and the UPDATE use). A row selected
+    without its timestamps (a page past the report's details: the command's lines need none) gives a detail
+    without them."""
+    timed = len(row) > UPDATED
+    before = (row[T], row[Q], row[P], row[C], row[F], row[STATUS],
+              *((row[COMPLETED], row[UPDATED]) if timed else ()))  # SNAPSHOT_FIELDS
     repairs = row[VERDICT] in rules.REPAIRS and not left_alone
-    after = (row[T], row[AFTER_Q], row[AFTER_P], row[C], row[AFTER_F], row[AFTER_STATUS], row[AFTER_COMPLETED],
-             row[AFTER_UPDATED]) if repairs else before
+    after = (row[T], row[AFTER_Q], row[AFTER_P], row[C], row[AFTER_F], row[AFTER_STATUS],
+             *((row[AFTER_COMPLETED], row[AFTER_UPDATED]) if timed else ())) if repairs else before
     return StatusDetail(row[ID], row[ACCOUNT], row[TYPE], row[VERDICT], before, after, seconds(row[IDLE]),
                         applied and repairs, left_alone)
 
@@ -233,30 +242,36 @@ def released_detail(row, *, applied: bool) -> LockDetail:
 
 
 def _counters(row) -> str:
-    return "/".join("NULL" if value is None else str(value) for value in row[T:F + 1])
+    values = row[T:F + 1]
+    if None in values:
+        return "/".join("NULL" if value is None else str(value) for value in values)
+    return "%d/%d/%d/%d/%d" % values  # noqa: UP031 - the common case, twice as fast as the join
 
 
 # --- A page of batches ------------------------------------------------------------------------------
 
 
-def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor) -> Page:
-    """Lock, judge, write and record one page of batches (inside its transaction)."""
+def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor, timed: bool = True) -> Page:
+    """Lock, judge, write and record one page of batches (inside its transaction). `timed`: select the rows'
+    timestamps too, which only the report's details show (results.has_room)."""
     page = Page()
     totals = page.statuses
-    rows = status_pass.rows.filter(ex.any_of("id", ids))
+    rows = (status_pass.rows if timed else status_pass.untimed).filter(ex.any_of("id", ids))
     rows = list(rows if dry_run else rows.select_for_update(skip_locked=True, of=("self",)))
     totals.skipped_busy = len(ids) - len(rows)
     to_write = defaultdict(list)  # rule -> ids
     repaired = []  # the rows the page writes
     finished_locks = {}  # lock_id -> (id, rule) of the batch this page finishes
+    lock_pks = set()  # their rows' ids, as the page's select found them
     for row in rows:
         verdict = row[VERDICT]
         if verdict in status_pass.applies:
             to_write[verdict].append(row[ID])
             repaired.append(row)
             totals.by_rule[verdict] += 1  # a Rule is its str: the Counter finds it under either
-            if verdict in FINISHING and row[LOCK_ID]:
+            if verdict in FINISHING and row[LOCK_PK] is not None:
                 finished_locks[row[LOCK_ID]] = (row[ID], verdict)
+                lock_pks.add(row[LOCK_PK])
         elif verdict == Rule.CORRUPT and status_pass.reports:
             totals.corrupt += 1
             page.errors.append(f"batch #{row[ID]} has corrupt counters ({rules.COUNTERS_LABEL} {_counters(row)}); "
@@ -276,13 +291,14 @@ def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor) -> P
     if dry_run:
         if finished_locks:
             page.released_rows = [(*lock, *finished_locks[lock[1]]) for lock in _finished_batches_locks(
-                finished_locks, status_pass).values_list(*RELEASED_LOCK)]
+                finished_locks, lock_pks, status_pass).values_list(*RELEASED_LOCK)]
     elif to_write:
         # the records first: their before is the row as locked, their after what the UPDATEs then write
-        insert_records(GenerationStatus.objects.filter(ex.any_of("id", [row[ID] for row in repaired])), run=run,
-                       actor=actor, kind=RecordKind.STATUS.value, **status_pass.record)
+        insert_records(*(records_of(GenerationStatus.objects.filter(ex.any_of("id", ids)), run=run, actor=actor,
+                                    kind=RecordKind.STATUS.value, **status_pass.record[rule])
+                         for rule, ids in to_write.items()))
         _write(to_write, status_pass)
-        page.released_rows = _release_locks(finished_locks, status_pass, run, actor)
+        page.released_rows = _release_locks(finished_locks, lock_pks, status_pass, run, actor)
         page.applied = True
     page.released_rows.sort(key=lambda row: row[6])  # in the order of their batches' lines
     page.released = {row[1]: row[6] for row in page.released_rows}
@@ -302,19 +318,22 @@ def _write(to_write: dict, status_pass: StatusPass):
             raise PageChanged(f"{len(ids) - written} of {len(ids)} {rule} batches changed during the page")
 
 
-def _finished_batches_locks(finished_locks: dict, status_pass: StatusPass):
-    return GenerationLock.objects.filter(ex.any_of("lock_id", finished_locks)).annotate(
+def _finished_batches_locks(finished_locks: dict, lock_pks, status_pass: StatusPass):
+    """By primary key (a lookup by lock_id = ANY is planned as a scan of the whole table once the page names a
+    few hundred of a large table's locks: ~3x slower), and still named by the batch: a lock whose row was given
+    another lock_id since the page's select is not its batch's any more."""
+    return GenerationLock.objects.filter(ex.any_of("id", lock_pks), ex.any_of("lock_id", finished_locks)).annotate(
         held=ex.held(status_pass.clock), locked_iso=ex.iso_text("locked_at"))
 
 
-def _release_locks(finished_locks: dict, status_pass: StatusPass, run, actor) -> list:
+def _release_locks(finished_locks: dict, lock_pks, status_pass: StatusPass, run, actor) -> list:
     """Record and delete the finished batches' locks; returns them (RELEASED_LOCK's values, then their batch's id
     and rule)."""
     if not finished_locks:
         return []
     # not SKIP LOCKED: the lock must go with its batch; a lock held by another transaction waits up to
     # lock_timeout, after which the whole page is rolled back and left for the next run
-    locks = list(_finished_batches_locks(finished_locks, status_pass).select_for_update().values_list(*RELEASED_LOCK))
+    locks = list(_finished_batches_locks(finished_locks, lock_pks, status_pass).select_for_update().values_list(*RELEASED_LOCK))
     releasing = GenerationLock.objects.filter(ex.any_of("id", [lock[0] for lock in locks]))
     _record_removals(releasing, RecordRule.RELEASED_WITH_BATCH, run=run, actor=actor)
     releasing.delete()
@@ -330,8 +349,8 @@ def _release_locks(finished_locks: dict, status_pass: StatusPass, run, actor) ->
 def _record_removals(locks, rule, *, run, actor):
     """The audit records of the locks about to be deleted (the queryset the DELETE then uses): each lock's
     snapshot as `before`, no `after`."""
-    insert_records(locks, run=run, actor=actor, kind=RecordKind.LOCK.value, rule=Value(str(rule)),
-                   before=ex.lock_snapshot(text=False))
+    insert_records(records_of(locks, run=run, actor=actor, kind=RecordKind.LOCK.value, rule=Value(str(rule)),
+                              before=ex.lock_snapshot(text=False)))
 
 
 def _log_status_page(page: Page, dry_run: bool):
@@ -358,7 +377,8 @@ def _log_status_page(page: Page, dry_run: bool):
             yield event, fields
 
     log_events(logger, logging.INFO, lambda: events(False))
-    log_events(logger, logging.ERROR, lambda: events(True))
+    if page.statuses.corrupt:  # the only rows that log an ERROR line
+        log_events(logger, logging.ERROR, lambda: events(True))
 
 
 # --- A page of locks ---------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ SNAPSHOT_FIELDS = (*rules.COUNTER_FIELDS, "status", *SNAPSHOT_TIMES)
 class StatusDetail:
     """A batch as a report shows it. Its before and after are the audit record's snapshots (SNAPSHOT_FIELDS),
     kept as value tuples and made dicts when read: a report holds up to DETAILS_CAP of them while a backlog's
-    pages go by, and two dicts each cost twice the memory."""
+    pages go by, and two dicts each cost twice the memory. Those of a page past the report's details (only the
+    command's lines read them) have no times."""
 
     id: int
     account_id: int
@@ -47,11 +48,11 @@ class StatusDetail:
 
     @property
     def before(self) -> dict:
-        return dict(zip(SNAPSHOT_FIELDS, self.before_values, strict=True))
+        return _snapshot(self.before_values)
 
     @property
     def after(self) -> dict:
-        return dict(zip(SNAPSHOT_FIELDS, self.after_values, strict=True))
+        return _snapshot(self.after_values)
 
     def as_dict(self):
         return {"id": self.id, "account_id": self.account_id, "content_type": self.content_type, "rule": self.rule,
@@ -109,9 +110,20 @@ class LockTotals:
     details_truncated: bool = False
 
 
+def _snapshot(values: tuple) -> dict:
+    """SNAPSHOT_FIELDS' values, or all but the times (a detail the report does not keep: pages.status_detail)."""
+    fields = SNAPSHOT_FIELDS[:-len(SNAPSHOT_TIMES)] if len(values) < len(SNAPSHOT_FIELDS) else SNAPSHOT_FIELDS
+    return dict(zip(fields, values, strict=True))
+
+
+def has_room(totals) -> bool:
+    """Whether a report's totals would keep another detail (keep)."""
+    return len(totals.details) < DETAILS_CAP
+
+
 def keep(totals, detail):
     """Add a detail to a report's totals, up to DETAILS_CAP."""
-    if len(totals.details) < DETAILS_CAP:
+    if has_room(totals):
         totals.details.append(detail)
     else:
         totals.details_truncated = True

@@ -9,8 +9,8 @@ import time
 from contextlib import contextmanager
 
 from django.db import DatabaseError, connection
-from django.db.models import BigIntegerField, F, Value
-from django.db.models.functions import Now
+from django.db.models import F, IntegerField, Value
+from django.db.models.functions import Cast, Now
 
 from .db import ConnectionLost, one_line
 from .logging import drain
@@ -88,22 +88,31 @@ def recorded(report, run: CleanupRun | None, *, finish=finish_run):
         drain()  # the run's event lines are all written when its entry point returns
 
 
-def insert_records(rows, *, run, actor, kind: str, rule, before, after=None):
-    """One RepairRecord for each row of `rows` (a queryset of the batches or locks about to change, which the
-    page holds locked), built by the database in one INSERT ... SELECT: `rule`, `before` and `after` are
-    expressions over the row (expressions.py's verdict and snapshots), so the snapshots never cross into
-    Python and the record's after is what the same expressions then write. Raw SQL around the ORM's select,
-    because the ORM has no INSERT ... SELECT."""
+def records_of(rows, *, run, actor, kind: str, rule, before, after=None):
+    """The audit records of `rows` (a queryset of the batches or locks about to change, which the page holds
+    locked) as a select for insert_records: `rule`, `before` and `after` are expressions over the row
+    (expressions.py's snapshots, and for a batch the writes of its rule), so the snapshots never cross into
+    Python and the record's after is what the same expressions then write."""
     columns = {"run": Value(run.pk), "kind": Value(kind), "target_id": F("id"), "account_id": F("account_id"),
                "content_type": F("content_type"), "rule": rule, "before": before,
-               "actor": Value(actor.pk if actor else None, output_field=BigIntegerField())}
+               # typed, or a UNION ALL of selects takes a NULL for text
+               "actor": Cast(Value(actor.pk if actor else None), output_field=IntegerField())}
     if after is not None:
         columns["after"] = after  # left out: NULL, the row is deleted
-    aliases = {f"record_{name}": name for name in columns}
-    select = rows.order_by().annotate(**{alias: columns[name] for alias, name in aliases.items()}).values_list(*aliases)
+    return rows.order_by().annotate(**{f"record_{name}": value for name, value in columns.items()}).values_list(
+        *(f"record_{name}" for name in columns))
+
+
+def insert_records(*selects):
+    """Insert the records of one or more records_of() selects (the same columns) in one INSERT ... SELECT,
+    built by the database (several selects: one UNION ALL). Raw SQL around the ORM's select, because the ORM
+    has no INSERT ... SELECT."""
+    select = selects[0].union(*selects[1:], all=True) if len(selects) > 1 else selects[0]
     compiler = select.query.get_compiler(connection=connection)
     sql, params = compiler.as_sql()
     quote = connection.ops.quote_name
-    names = ", ".join(quote(RepairRecord._meta.get_field(aliases[alias]).column) for _, _, alias in compiler.select)
+    # the columns in the order the select has them (compiler.select: the first select's, which the others share)
+    names = ", ".join(quote(RepairRecord._meta.get_field(alias.removeprefix("record_")).column)
+                      for _, _, alias in compiler.select)
     with connection.cursor() as cursor:
         cursor.execute(f"INSERT INTO {quote(RepairRecord._meta.db_table)} ({names}) {sql}", params)

@@ -46,7 +46,7 @@ from .db import ConnectionLost, bounded_transaction, database_now, keyset_pages,
 from .logging import drain, log_event
 from .models import GenerationLock, GenerationStatus, RecordRule, Trigger
 from .pages import Page, RepairedIds, lock_page, lock_pass, status_page, status_pass
-from .results import CleanupReport
+from .results import CleanupReport, has_room
 from .rules import Rule
 from .runlog import finish_run, recorded, start_run
 
@@ -211,7 +211,7 @@ def _status_pass(report, job, run, actor, accounts, content_types, on_page) -> t
             selected=False, clock=ex.pass_clock(connection))
         page = _run_page(report, report.statuses, f"status page #{ids[0]}..#{ids[-1]}", job,
                          lambda ids=ids, judged=judged: status_page(ids, judged, dry_run=report.dry_run, run=run,
-                                                                    actor=actor))
+                                                                    actor=actor, timed=has_room(report.statuses)))
         if page:
             repaired.update(page.repaired_unfinished)
             if report.dry_run:
@@ -274,7 +274,7 @@ def repair_selected(*, job: JobSettings, ids=None, matching=None, selection: dic
     with recorded(report, run):
         for page in _selected_pages(report, report.statuses, "selected batches", job, ids, matching):
             _run_page(report, report.statuses, f"selected batches #{page[0]}..#{page[-1]}", job, lambda page=page: (
-                status_page(page, judged, dry_run=dry_run, run=run, actor=actor)))
+                status_page(page, judged, dry_run=dry_run, run=run, actor=actor, timed=has_room(report.statuses))))
     return report
 
 

@@ -280,18 +280,26 @@ def test_the_snapshots_the_database_builds_are_the_rows_values():
     assert snapshot == {"lock_id": "L1", "account_id": 1, "content_type": "story", "created_at": None}
 
 
-def test_the_after_snapshot_stamps_the_clock_only_where_a_repair_applies(django_assert_num_queries):
+def test_a_repairs_after_snapshot_is_the_row_its_update_then_writes():
     now, ids = insert([(Counters(10, 0, 0, 6, 1), "processing", STUCK), (Counters(10, 2, 5, 6, 0), "processing", STUCK),
-                       (Counters(10, 1, 1, 3, 2), "processing", STUCK)])
-    clock = ex.pass_clock(connection)
-    judgement = ex.Judgement(cutoffs=Windows(WINDOW).cutoffs(now))
-    rows = dict(GenerationStatus.objects.annotate(after=ex.status_snapshot_after(judgement, clock))
-                .values_list("id", "after"))
-    finished, overflowed, stalled = (json.loads(rows[pk]) for pk in ids)
-    assert finished["completed_at"] == finished["updated_at"] is not None  # finishing: both stamped
-    assert (finished["total_failed"], finished["status"]) == (4, "partial")
-    assert overflowed["completed_at"] is None and overflowed["updated_at"] != stalled["updated_at"]
-    assert datetime.fromisoformat(stalled["updated_at"]) == GenerationStatus.objects.get(pk=ids[2]).updated_at
+                       (Counters(10, 1, 1, 6, 4), "queuing", STUCK)])
+    clock = ex.pass_clock(connection)  # one value for the whole test (its transaction, or the pass's start)
+    repairs = dict(zip(ids, (Rule.NO_ACTIVE_TASKS, Rule.COUNTER_OVERFLOW, Rule.ALL_ACCOUNTED), strict=True))
+    verdicts = ex.Judgement(cutoffs=WINDOWS.cutoffs(now)).verdict()
+    assert dict(GenerationStatus.objects.filter(pk__in=ids).values_list("id", verdicts)) == repairs
+    predicted = {pk: json.loads(GenerationStatus.objects.filter(pk=pk).values_list(
+        ex.repair_snapshot(rule, clock), flat=True).get()) for pk, rule in repairs.items()}
+    for pk, rule in repairs.items():
+        GenerationStatus.objects.filter(pk=pk).update(**ex.repair_writes(rule, clock))
+    written = dict(GenerationStatus.objects.filter(pk__in=ids).values_list("id", ex.status_snapshot()))
+    assert predicted == {pk: json.loads(written[pk]) for pk in ids}
+    emptied, overflowed, accounted = (predicted[pk] for pk in ids)
+    assert emptied["completed_at"] == emptied["updated_at"] is not None  # finishing: both stamped
+    assert (emptied["total_failed"], emptied["status"]) == (4, "partial")  # no_active_tasks: T - C failed
+    assert (accounted["total_queued"], accounted["total_failed"], accounted["status"]) == (0, 4, "partial")
+    assert overflowed["completed_at"] is None and overflowed["updated_at"] == emptied["updated_at"]
+    assert (overflowed["total_queued"], overflowed["total_processing"], overflowed["status"]) == (2, 2, "processing")
+    assert datetime.fromisoformat(emptied["updated_at"]) > now - STUCK
 
 
 # --- The batch that refers to a lock: one ordering everywhere ----------------------------------------

@@ -22,6 +22,21 @@ def test_a_str_enum_is_written_as_its_value():
     assert text.endswith(' event=run_started trigger=command note="two words"')
 
 
+def test_values_are_quoted_alike_whether_their_text_was_kept_or_not(monkeypatch):
+    """The formatter keeps the text of the first short strings it meets; a kept one, one met again once the
+    cache is full and a long one are each written as the first time."""
+    from generation import logging as event_log
+
+    monkeypatch.setattr(event_log, "_TEXTS", {})
+    monkeypatch.setattr(event_log, "_TEXTS_MAX", 2)  # the event name and one value
+    values = ["video", "two words", 'say "hi"', "", "x" * 40, "4/0/0/0/0", "a=b"]
+    first = [EventFormatter().format(record("e", value=value)).split(" event=e ")[1] for value in values]
+    again = [EventFormatter().format(record("e", value=value)).split(" event=e ")[1] for value in values]
+    assert first == again == ["value=video", 'value="two words"', 'value="say \\"hi\\""', 'value=""',
+                              "value=" + "x" * 40, "value=4/0/0/0/0", 'value="a=b"']
+    assert list(event_log._TEXTS) == ["e", "video"]  # the event name, then the first value
+
+
 def test_a_pages_events_are_written_in_order_a_few_at_a_time_to_every_handler(tmp_path):
     """log_events with a function: its events are made on the writer thread and written LINES_PER_WRITE
     lines per record, each line once to each handler, in order; an empty page writes nothing."""

@@ -10,6 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F
+from django.test.utils import CaptureQueriesContext
 
 from generation import results, services
 from generation.conf import parse_windows
@@ -294,6 +295,30 @@ def test_details_are_capped(monkeypatch):
     assert report["statuses"]["repaired"] == 5
     assert len(report["statuses"]["details"]) == 3
     assert report["statuses"]["details_truncated"] is True
+
+
+def test_pages_past_the_kept_details_select_no_timestamps_and_their_lines_show_none(monkeypatch):
+    """Only a report's details show a batch's timestamps: once they are full, a page's select leaves the times
+    out, and the details it hands the command's lines carry the counters and status only."""
+    monkeypatch.setattr(results, "DETAILS_CAP", 3)
+    for _ in range(7):
+        make_batch((4, 0, 0, 0, 0))
+    pages = []
+    with CaptureQueriesContext(connection) as queries:
+        report = services.cleanup(job=job(batch_size=2), on_page=lambda kind, details: pages.append(
+            (kind, [(d.id, d.before, d.after) for d in details])))
+    kept = report.statuses.details
+    assert len(kept) == 3 and report.statuses.by_rule["no_active_tasks"] == 7
+    assert all(set(d.before) == set(d.after) == set(results.SNAPSHOT_FIELDS) for d in kept)
+    assert all(d.after["updated_at"] is not None for d in kept)
+    lines = [detail for kind, details in pages if kind == "statuses" for detail in details]
+    assert [pk for pk, *_ in lines] == sorted(pk for pk, *_ in lines) and len(lines) == 7
+    # pages of 2: the second was selected while the report had room for one more detail, the last two were not
+    full, short = set(results.SNAPSHOT_FIELDS), set(results.SNAPSHOT_FIELDS) - set(results.SNAPSHOT_TIMES)
+    assert [(set(before), set(after)) for _, before, after in lines] == [(full, full)] * 4 + [(short, short)] * 3
+    assert all(after["total_failed"] == 4 and after["status"] == "failed" for *_, after in lines)
+    selects = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT") and 'AS "verdict"' in q["sql"]]
+    assert [('AS "updated_iso"' in sql) for sql in selects] == [True, True, False, False]
 
 
 def test_repair_selected_scheduled_leaves_fresh_rows_alone():
