@@ -330,9 +330,6 @@ class Judgement:
         output = CharField() if column == "status" else BigIntegerField()
         return self._case(lambda verdict: WRITES.get(verdict, {}).get(column, F(column)), output)
 
-    def finishes(self) -> Case:
-        return self._case(lambda verdict: Value(verdict in rules.FINISHING), BooleanField())
-
     def after_timestamp(self, column: str, clock) -> Case:
         """updated_at after the repair (every repair stamps it), completed_at (the finishing repairs)."""
         stamped = rules.REPAIRS if column == "updated_at" else rules.FINISHING

@@ -43,9 +43,9 @@ from .runlog import insert_records, records_of
 logger = logging.getLogger("generation.services")
 
 # The values a page of batches selects, in this order (tuples, not model instances).
-STATUS_ROW = ("id", "account_id", "content_type", "lock_id", "lock_pk", "status", *COUNTER_FIELDS, "verdict", "after_queued",
-              "after_processing", "after_failed", "after_status", "idle", "updated_iso", "completed_iso",
-              "after_updated_iso", "after_completed_iso")
+STATUS_ROW = ("id", "account_id", "content_type", "lock_id", "lock_pk", "status", *COUNTER_FIELDS, "verdict",
+              "after_queued", "after_processing", "after_failed", "after_status", "idle", "updated_iso",
+              "completed_iso", "after_updated_iso", "after_completed_iso")
 (ID, ACCOUNT, TYPE, LOCK_ID, LOCK_PK, STATUS, T, Q, P, C, F, VERDICT, AFTER_Q, AFTER_P, AFTER_F, AFTER_STATUS, IDLE,
  UPDATED, COMPLETED, AFTER_UPDATED, AFTER_COMPLETED) = range(len(STATUS_ROW))
 
@@ -260,18 +260,18 @@ def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor, time
     rows = list(rows if dry_run else rows.select_for_update(skip_locked=True, of=("self",)))
     totals.skipped_busy = len(ids) - len(rows)
     to_write = defaultdict(list)  # rule -> ids
-    repaired = []  # the rows the page writes
     finished_locks = {}  # lock_id -> (id, rule) of the batch this page finishes
     lock_pks = set()  # their rows' ids, as the page's select found them
     for row in rows:
         verdict = row[VERDICT]
         if verdict in status_pass.applies:
             to_write[verdict].append(row[ID])
-            repaired.append(row)
             totals.by_rule[verdict] += 1  # a Rule is its str: the Counter finds it under either
             if verdict in FINISHING and row[LOCK_PK] is not None:
                 finished_locks[row[LOCK_ID]] = (row[ID], verdict)
                 lock_pks.add(row[LOCK_PK])
+            elif verdict not in FINISHING and row[LOCK_ID]:
+                page.repaired_unfinished[row[ID]] = verdict
         elif verdict == Rule.CORRUPT and status_pass.reports:
             totals.corrupt += 1
             page.errors.append(f"batch #{row[ID]} has corrupt counters ({rules.COUNTERS_LABEL} {_counters(row)}); "
@@ -294,16 +294,14 @@ def status_page(ids, status_pass: StatusPass, *, dry_run: bool, run, actor, time
                 finished_locks, lock_pks, status_pass).values_list(*RELEASED_LOCK)]
     elif to_write:
         # the records first: their before is the row as locked, their after what the UPDATEs then write
-        insert_records(*(records_of(GenerationStatus.objects.filter(ex.any_of("id", ids)), run=run, actor=actor,
-                                    kind=RecordKind.STATUS.value, **status_pass.record[rule])
-                         for rule, ids in to_write.items()))
+        insert_records(*(records_of(GenerationStatus.objects.filter(ex.any_of("id", batch_ids)), run=run,
+                                    actor=actor, kind=RecordKind.STATUS.value, **status_pass.record[rule])
+                         for rule, batch_ids in to_write.items()))
         _write(to_write, status_pass)
         page.released_rows = _release_locks(finished_locks, lock_pks, status_pass, run, actor)
         page.applied = True
     page.released_rows.sort(key=lambda row: row[6])  # in the order of their batches' lines
     page.released = {row[1]: row[6] for row in page.released_rows}
-    page.repaired_unfinished = {row[ID]: row[VERDICT] for row in repaired
-                                if row[LOCK_ID] and row[VERDICT] not in FINISHING}
     totals.locks_released = len(page.released)
     _log_status_page(page, dry_run)
     return page
@@ -333,7 +331,8 @@ def _release_locks(finished_locks: dict, lock_pks, status_pass: StatusPass, run,
         return []
     # not SKIP LOCKED: the lock must go with its batch; a lock held by another transaction waits up to
     # lock_timeout, after which the whole page is rolled back and left for the next run
-    locks = list(_finished_batches_locks(finished_locks, lock_pks, status_pass).select_for_update().values_list(*RELEASED_LOCK))
+    locks = list(_finished_batches_locks(finished_locks, lock_pks, status_pass).select_for_update()
+                 .values_list(*RELEASED_LOCK))
     releasing = GenerationLock.objects.filter(ex.any_of("id", [lock[0] for lock in locks]))
     _record_removals(releasing, RecordRule.RELEASED_WITH_BATCH, run=run, actor=actor)
     releasing.delete()
